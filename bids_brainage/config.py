@@ -21,6 +21,7 @@ class Settings:
     skip_bids_validation: bool = False
     nprocs: int = 1
     omp_nthreads: int = 1
+    omp_nthreads_given: bool = False
     normalization: str = "gmm"
     skull_strip: str = "auto"
     registration: str = "affine"
@@ -53,6 +54,7 @@ class Settings:
             skip_bids_validation=args.skip_bids_validation,
             nprocs=nprocs,
             omp_nthreads=omp,
+            omp_nthreads_given=bool(args.omp_nthreads),
             normalization=args.normalization,
             skull_strip=args.skull_strip,
             registration=args.registration,

@@ -1,0 +1,125 @@
+"""``bids_brainage`` entry point: ``main(argv=None) -> int`` with BIDS-Apps exit codes.
+
+0 ok · 1 some participants failed (others written) · 16 invalid BIDS dataset ·
+17 unknown analysis level · 18 no T1w matched the filters · 64 usage · 66 input missing ·
+73 output not writable.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_INVALID_BIDS, EXIT_UNKNOWN_LEVEL, EXIT_NO_MATCH = 16, 17, 18
+EXIT_USAGE, EXIT_NO_INPUT, EXIT_CANT_WRITE = 64, 66, 73
+LEVELS = ("participant", "group")
+
+LOG = logging.getLogger("bids_brainage")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose + 1, 2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           "%H:%M:%S"))
+    LOG.handlers[:] = [handler]
+    LOG.setLevel(level)
+    LOG.propagate = False
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+        return True
+    except OSError:
+        return False
+
+
+def check_paths(settings) -> int | None:
+    """Exit code for unusable paths (None when all is well); messages name the path."""
+    if not settings.bids_dir.is_dir():
+        LOG.error("input folder %s does not exist", settings.bids_dir)
+        return EXIT_NO_INPUT
+    if settings.analysis_level == "participant" and not (
+        settings.bids_dir / "dataset_description.json"
+    ).exists():
+        LOG.error("%s has no dataset_description.json: not a BIDS dataset", settings.bids_dir)
+        return EXIT_INVALID_BIDS
+    for name, folder in (("output_dir", settings.output_dir), ("work dir", settings.work_dir)):
+        if _is_within(folder, settings.bids_dir):
+            LOG.error("%s %s is the input dataset or inside it: bids_brainage never writes "
+                      "into bids_dir", name, folder)
+            return EXIT_USAGE
+        if not _writable(folder):
+            LOG.error("%s %s is not writable", name, folder)
+            return EXIT_CANT_WRITE
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bids_brainage.cli.parser import get_parser
+
+    parser = get_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
+        return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
+    _setup_logging(args.verbose)
+    if args.analysis_level not in LEVELS:
+        LOG.error("unknown analysis level %r; choose participant or group", args.analysis_level)
+        return EXIT_UNKNOWN_LEVEL
+
+    from bids_brainage.config import Settings, apply_thread_environment
+
+    settings = Settings.from_args(args)
+    code = check_paths(settings)
+    if code is not None:
+        return code
+    apply_thread_environment(settings)
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    if settings.analysis_level == "group":
+        from bids_brainage.group import run_group
+
+        return run_group(settings)
+    return _participant(settings)
+
+
+def _participant(settings) -> int:
+    from bids_brainage import bids
+    from bids_brainage.models.registry import ModelError, load_cards, select_models, verify_all
+
+    if not settings.skip_bids_validation:
+        try:
+            warnings = bids.validate_bids(settings.bids_dir)
+        except bids.BIDSError as exc:
+            LOG.error("%s", exc)
+            return EXIT_INVALID_BIDS
+        if warnings:
+            LOG.warning("BIDS validator: %d warning(s), e.g. %s", len(warnings),
+                        "; ".join(warnings[:3]))
+    try:  # refuse a bad model directory before hours of preprocessing
+        cards = load_cards(settings.model_dir)
+        verify_all(cards, select_models(cards, settings.models))
+    except ModelError as exc:
+        LOG.error("%s", exc)
+        return EXIT_USAGE
+    from bids_brainage.participant import run_participant
+
+    try:
+        return run_participant(settings)
+    except bids.NoMatchError as exc:
+        LOG.error("%s", exc)
+        return EXIT_NO_MATCH
+
+
+if __name__ == "__main__":
+    sys.exit(main())

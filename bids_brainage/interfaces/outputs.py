@@ -1,0 +1,108 @@
+"""Prediction and the derivatives sink: the last two nodes of an image's workflow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from bids_brainage.interfaces.preproc import _TimedInterface
+
+class _PredictInputSpec(BaseInterfaceInputSpec):
+    mni = File(exists=True, mandatory=True, desc="un-normalised brain, 2 mm MNI grid")
+    mni_mask = File(exists=True, mandatory=True)
+    model_dir = traits.Str("", usedefault=True, desc="empty: the bundled models")
+    models = traits.List(traits.Str, desc="model names; empty: the card's defaults")
+    threads = traits.Int(1, usedefault=True)
+
+
+class _PredictOutputSpec(TraitedSpec):
+    out_json = File(exists=True, desc="rows and the cards used")
+    seconds = traits.Float()
+
+
+class Predict(_TimedInterface):
+    """Predict age with each selected model (sha256-verified weights) and the ensemble."""
+
+    input_spec = _PredictInputSpec
+    output_spec = _PredictOutputSpec
+
+    def _run(self, cwd):
+        import nibabel as nib
+        import numpy as np
+
+        from bids_brainage.models.predict import predict_ages
+        from bids_brainage.models.registry import load_cards, select_models
+
+        cards = load_cards(self.inputs.model_dir or None)
+        names = select_models(cards, self.inputs.models if isdefined(self.inputs.models) else [])
+        mni = nib.load(self.inputs.mni).get_fdata(dtype=np.float32)
+        mask = np.asanyarray(nib.load(self.inputs.mni_mask).dataobj) > 0
+        rows = predict_ages(mni, mask, cards, names, threads=self.inputs.threads)
+        used = {n: {k: cards[n].get(k) for k in ("version", "architecture", "file", "sha256",
+                                                 "input", "training", "interval")
+                    if cards[n].get(k) is not None} for n in names}
+        out = cwd / "predictions.json"
+        out.write_text(json.dumps({"rows": rows, "models": used}))
+        self._results["out_json"] = str(out)
+
+
+class _SinkInputSpec(BaseInterfaceInputSpec):
+    output_dir = traits.Str(mandatory=True)
+    prefix = traits.Str(mandatory=True, desc="sub-X[_ses-Y][_acq-Z][_run-N]")
+    anat_dir = traits.Str(mandatory=True, desc="relative folder of the outputs")
+    participant_id = traits.Str(mandatory=True)
+    session_id = traits.Str("n/a", usedefault=True)
+    run = traits.Str("n/a", usedefault=True)
+    age = traits.Either(None, traits.Float, default=None, usedefault=True)
+    source = traits.Str(mandatory=True, desc="the input file, relative to bids_dir")
+    settings = traits.Dict(desc="the resolved settings, for the sidecar")
+    mask = File(exists=True, mandatory=True)
+    t1w = File(exists=True, mandatory=True, desc="N4-corrected head, native space")
+    mni_norm = File(exists=True, mandatory=True)
+    mni_mask = File(exists=True, mandatory=True)
+    affine_file = File(exists=True, mandatory=True)
+    warp_file = File()
+    normalization_json = File(exists=True, mandatory=True)
+    predictions_json = File(exists=True)
+    skull_strip_method = traits.Str("")
+    timings = traits.Dict(desc="stage -> seconds")
+
+
+class _SinkOutputSpec(TraitedSpec):
+    out_tsv = File(desc="the _brainage.tsv written")
+
+
+class DerivativesSink(SimpleInterface):
+    """Write an image's BIDS Derivatives atomically (temporary name, then rename)."""
+
+    input_spec = _SinkInputSpec
+    output_spec = _SinkOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_brainage.outputs import write_image_outputs
+
+        i = self.inputs
+        files = {
+            "mask": i.mask, "t1w": i.t1w, "mni_norm": i.mni_norm, "mni_mask": i.mni_mask,
+            "affine": i.affine_file, "warp": i.warp_file if isdefined(i.warp_file) else None,
+        }
+        predictions = (json.loads(Path(i.predictions_json).read_text())
+                       if isdefined(i.predictions_json) else {"rows": [], "models": {}})
+        self._results["out_tsv"] = str(write_image_outputs(
+            output_dir=Path(i.output_dir), anat_dir=i.anat_dir, prefix=i.prefix,
+            entities={"participant_id": i.participant_id, "session_id": i.session_id,
+                      "run": i.run},
+            age=i.age, source=i.source, settings=i.settings, files=files,
+            normalization=json.loads(Path(i.normalization_json).read_text()),
+            predictions=predictions, skull_strip_method=i.skull_strip_method,
+            timings=i.timings,
+        ))
+        return runtime

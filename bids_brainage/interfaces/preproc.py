@@ -1,0 +1,245 @@
+"""Thin nipype interfaces over the pure preprocessing functions.
+
+Each interface reads its inputs from files, calls one function from ``bids_brainage.preproc``
+and writes its outputs into the node's working directory. ``seconds`` reports the time of the
+step itself (the sidecar's per-stage timings).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+
+class _TimedInterface(SimpleInterface):
+    """A SimpleInterface whose ``_run`` is timed into the ``seconds`` output."""
+
+    def _run_interface(self, runtime):
+        start = time.perf_counter()
+        self._run(Path(runtime.cwd))
+        self._results["seconds"] = round(time.perf_counter() - start, 3)
+        return runtime
+
+    def _run(self, cwd: Path):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _load(path):
+    import nibabel as nib
+
+    return nib.load(str(path))
+
+
+def _save(data, like, path: Path, dtype=None) -> str:
+    import nibabel as nib
+    import numpy as np
+
+    data = np.asarray(data, dtype=dtype or np.float32)
+    img = nib.Nifti1Image(data, like.affine)
+    img.header.set_data_dtype(data.dtype)
+    img.header.set_xyzt_units("mm")
+    img.to_filename(str(path))
+    return str(path)
+
+
+class _ConformInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="the T1w image as found in the dataset")
+
+
+class _ConformOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="RAS+, float32, native resolution")
+    seconds = traits.Float()
+
+
+class Conform(_TimedInterface):
+    """Check the input (readable, 3-D, finite, non-empty, sane affine) and conform it."""
+
+    input_spec = _ConformInputSpec
+    output_spec = _ConformOutputSpec
+
+    def _run(self, cwd):
+        from bids_brainage.io import load_t1w
+        from bids_brainage.preproc.conform import conform
+
+        img = conform(load_t1w(self.inputs.in_file))
+        out = cwd / "conformed.nii.gz"
+        img.to_filename(str(out))
+        self._results["out_file"] = str(out)
+
+
+class _SkullStripInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    method = traits.Enum("auto", "deepbet", "none", usedefault=True)
+    threads = traits.Int(1, usedefault=True)
+
+
+class _SkullStripOutputSpec(TraitedSpec):
+    out_mask = File(exists=True, desc="raw brain mask")
+    method_used = traits.Str()
+    seconds = traits.Float()
+
+
+class SkullStrip(_TimedInterface):
+    """Brain mask by deepbet, or the non-zero voxels of an already stripped image."""
+
+    input_spec = _SkullStripInputSpec
+    output_spec = _SkullStripOutputSpec
+
+    def _run(self, cwd):
+        import numpy as np
+
+        from bids_brainage.preproc.mask import nonzero_mask
+        from bids_brainage.preproc.skullstrip import deepbet_mask, looks_skull_stripped
+
+        img = _load(self.inputs.in_file)
+        method = self.inputs.method
+        if method == "auto":
+            method = "none" if looks_skull_stripped(img) else "deepbet"
+        if method == "deepbet":
+            mask = deepbet_mask(img, threads=self.inputs.threads)
+        else:
+            mask = nonzero_mask(np.asanyarray(img.dataobj))
+        if not mask.any():
+            raise ValueError(f"{self.inputs.in_file}: skull stripping ({method}) found no brain")
+        self._results["out_mask"] = _save(mask, img, cwd / "mask_raw.nii.gz", np.uint8)
+        self._results["method_used"] = method
+
+
+class _MaskInputSpec(BaseInterfaceInputSpec):
+    in_mask = File(exists=True, mandatory=True)
+
+
+class _MaskOutputSpec(TraitedSpec):
+    out_mask = File(exists=True)
+    seconds = traits.Float()
+
+
+class LargestComponent(_TimedInterface):
+    """Keep the largest connected component of the mask and fill its holes."""
+
+    input_spec = _MaskInputSpec
+    output_spec = _MaskOutputSpec
+
+    def _run(self, cwd):
+        import numpy as np
+
+        from bids_brainage.preproc.mask import largest_component
+
+        img = _load(self.inputs.in_mask)
+        mask = largest_component(np.asanyarray(img.dataobj) > 0)
+        self._results["out_mask"] = _save(mask, img, cwd / "mask.nii.gz", np.uint8)
+
+
+class _N4InputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    in_mask = File(exists=True, mandatory=True)
+    shrink = traits.Int(4, usedefault=True)
+    threads = traits.Int(1, usedefault=True)
+
+
+class _N4OutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="bias-corrected head, native space")
+    out_brain = File(exists=True, desc="bias-corrected brain (zero outside the mask)")
+    seconds = traits.Float()
+
+
+class N4(_TimedInterface):
+    """N4 bias-field correction fitted on the shrunk image inside the brain mask."""
+
+    input_spec = _N4InputSpec
+    output_spec = _N4OutputSpec
+
+    def _run(self, cwd):
+        import numpy as np
+
+        from bids_brainage.preproc.bias import n4_correct
+
+        img = _load(self.inputs.in_file)
+        mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0
+        corrected, _field = n4_correct(img, mask, shrink=self.inputs.shrink,
+                                       threads=self.inputs.threads)
+        data = np.asarray(corrected.dataobj, np.float32)
+        self._results["out_file"] = _save(data, img, cwd / "n4.nii.gz")
+        self._results["out_brain"] = _save(np.where(mask, data, 0), img, cwd / "n4_brain.nii.gz")
+
+
+class _RegisterInputSpec(BaseInterfaceInputSpec):
+    in_brain = File(exists=True, mandatory=True)
+    in_mask = File(exists=True, mandatory=True)
+    method = traits.Enum("affine", "syn", usedefault=True)
+    threads = traits.Int(1, usedefault=True)
+
+
+class _RegisterOutputSpec(TraitedSpec):
+    mni = File(exists=True, desc="brain on the 2 mm MNI grid, not normalised")
+    mni_mask = File(exists=True)
+    affine_file = File(exists=True, desc="ITK affine, T1w -> MNI")
+    warp_file = File(desc="SyN displacement field (syn only)")
+    seconds = traits.Float()
+
+
+class Register(_TimedInterface):
+    """Register to MNI152NLin2009aSym (antspyx) and resample onto the 2 mm grid."""
+
+    input_spec = _RegisterInputSpec
+    output_spec = _RegisterOutputSpec
+
+    def _run(self, cwd):
+        import numpy as np
+
+        from bids_brainage.preproc.register import register_to_template
+
+        brain = _load(self.inputs.in_brain)
+        mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0
+        reg = register_to_template(brain, mask, method=self.inputs.method, out_dir=cwd,
+                                   threads=self.inputs.threads)
+        self._results["mni"] = _save(reg["mni"].get_fdata(dtype=np.float32), reg["mni"],
+                                     cwd / "mni.nii.gz")
+        self._results["mni_mask"] = _save(reg["mni_mask"], reg["mni"], cwd / "mni_mask.nii.gz",
+                                          np.uint8)
+        self._results["affine_file"] = str(reg["affine_file"])
+        if reg["warp_file"]:
+            self._results["warp_file"] = str(reg["warp_file"])
+
+
+class _NormalizeInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True)
+    in_mask = File(exists=True, mandatory=True)
+    method = traits.Enum("gmm", "zscore", "whitestripe", "fcm", "twopoint", usedefault=True)
+
+
+class _NormalizeOutputSpec(TraitedSpec):
+    out_file = File(exists=True)
+    out_json = File(exists=True, desc="method, affine map and tissue peaks, plus histogram")
+    seconds = traits.Float()
+
+
+class Normalize(_TimedInterface):
+    """Intensity normalisation of the MNI-space brain, and its 100-bin histogram."""
+
+    input_spec = _NormalizeInputSpec
+    output_spec = _NormalizeOutputSpec
+
+    def _run(self, cwd):
+        import numpy as np
+
+        from bids_brainage.features import intensity_histogram
+        from bids_brainage.preproc.normalize import normalize_intensity
+
+        img = _load(self.inputs.in_file)
+        mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0
+        out, info = normalize_intensity(img.get_fdata(dtype=np.float32), mask, self.inputs.method)
+        values, edges = intensity_histogram(out, mask, self.inputs.method)
+        info["histogram"] = {"values": values.tolist(), "edges": edges.tolist()}
+        self._results["out_file"] = _save(out, img, cwd / "mni_norm.nii.gz")
+        path = cwd / "normalization.json"
+        path.write_text(json.dumps(info))
+        self._results["out_json"] = str(path)

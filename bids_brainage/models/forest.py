@@ -1,0 +1,37 @@
+"""The random forest on 100-bin intensity histograms (the original project's model)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def train_forest(features: np.ndarray, ages: np.ndarray, *, seed: int, n_estimators: int = 500,
+                 n_jobs: int = 1):
+    from sklearn.ensemble import RandomForestRegressor
+
+    model = RandomForestRegressor(
+        n_estimators=n_estimators, max_features=0.33, min_samples_leaf=2,
+        random_state=seed, n_jobs=n_jobs,
+    )
+    return model.fit(np.asarray(features), np.asarray(ages))
+
+
+def save_forest(model, path: Path) -> Path:
+    import joblib
+
+    from bids_brainage.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        joblib.dump(model, tmp, compress=3)
+    return Path(path)
+
+
+def load_forest(path: Path):
+    """Load a forest file; call only on a file already verified against its card's sha256
+    (a joblib file can run code when loaded, so only trusted, checked files are opened)."""
+    import joblib
+
+    model = joblib.load(path)
+    model.n_jobs = 1
+    return model

@@ -1,0 +1,96 @@
+"""Prediction: model inputs from the MNI-space brain, each model's age, the ensemble, intervals.
+
+Training builds its inputs with :func:`model_inputs` too, so a model sees in use exactly the
+preprocessing it was trained on, whatever ``--normalization`` the user chose for the outputs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bids_brainage.models.registry import verified_file
+
+
+def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
+    """The input a model card's ``input`` spec asks for, from the un-normalised 2 mm MNI brain.
+
+    ``{"feature": "histogram", "normalization": "gmm"}`` gives the 100-bin density histogram;
+    ``{"feature": "image", "normalization": "gmm", ...}`` the normalised, cropped volume.
+    """
+    from bids_brainage.features import intensity_histogram
+    from bids_brainage.preproc.normalize import normalize_intensity
+
+    norm, info = normalize_intensity(mni, mask, spec.get("normalization", "gmm"))
+    feature = spec.get("feature", "histogram")
+    if feature == "histogram":
+        density, _ = intensity_histogram(norm, mask, spec.get("normalization", "gmm"),
+                                         bins=spec.get("bins", 100))
+        return density
+    if feature == "histogram+tissue":
+        density, _ = intensity_histogram(norm, mask, spec.get("normalization", "gmm"),
+                                         bins=spec.get("bins", 100))
+        return np.concatenate([density, tissue_fractions(norm, mask, info)])
+    if feature == "image":
+        from bids_brainage.models.resnet3d import crop_to_grid
+
+        return crop_to_grid(norm, spec)
+    raise ValueError(f"unknown model input {feature!r}")
+
+
+def tissue_fractions(norm: np.ndarray, mask: np.ndarray, info: dict) -> np.ndarray:
+    """CSF, GM and WM fractions of the brain: voxels nearest each class's GMM peak."""
+    peaks = np.array([info["peaks"][k] for k in ("CSF", "GM", "WM")])
+    values = norm[mask]
+    nearest = np.argmin(np.abs(values[:, None] - peaks[None, :]), axis=1)
+    return np.bincount(nearest, minlength=3) / max(values.size, 1)
+
+
+def load_predictor(card: dict, threads: int = 1):
+    """A callable ``f(inputs) -> age`` for a card, after verifying its weight file."""
+    kind = card.get("kind", "forest")
+    if kind == "forest":
+        from bids_brainage.models.forest import load_forest
+
+        model = load_forest(verified_file(card))
+        return lambda x: float(model.predict(np.asarray(x)[None, :])[0])
+    if kind == "resnet":
+        from bids_brainage.models.resnet3d import load_resnet, predict_volume
+
+        net = load_resnet(verified_file(card), card)
+        return lambda x: predict_volume(net, x, threads=threads, card=card)
+    raise ValueError(f"model {card['name']!r}: unknown kind {kind!r}")
+
+
+def interval(card: dict, age: float) -> tuple[float | None, float | None]:
+    """The card's prediction interval around ``age`` (split-conformal half-width)."""
+    spec = card.get("interval") or {}
+    half = spec.get("halfwidth")
+    if half is None:
+        return None, None
+    return age - float(half), age + float(half)
+
+
+def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], names,
+                 threads: int = 1) -> list[dict]:
+    """One row per model (``model``, ``predicted_age``, ``interval_low``, ``interval_high``)."""
+    rows, ages, cache = [], {}, {}
+    for name in names:
+        card = cards[name]
+        if card.get("kind") == "ensemble":
+            continue
+        key = repr(sorted(card.get("input", {}).items()))
+        if key not in cache:
+            cache[key] = model_inputs(mni, mask, card.get("input", {}))
+        ages[name] = load_predictor(card, threads)(cache[key])
+    for name in names:
+        card = cards[name]
+        if card.get("kind") == "ensemble":
+            members = card["members"]
+            age = float(card.get("intercept", 0.0)) + sum(
+                float(w) * ages[m] for m, w in members.items()
+            )
+            ages[name] = age
+        low, high = interval(card, ages[name])
+        rows.append({"model": name, "predicted_age": round(ages[name], 3),
+                     "interval_low": None if low is None else round(low, 3),
+                     "interval_high": None if high is None else round(high, 3)})
+    return rows

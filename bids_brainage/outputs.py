@@ -1,0 +1,158 @@
+"""The BIDS Derivatives layout: names, the dataset description, per-image outputs, failures.
+
+Every file is written atomically (``bids_brainage.io``): readers such as the group level,
+running while participants are still being processed, only ever see complete files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bids_brainage import __version__
+from bids_brainage.io import atomic_copy, atomic_write_json, atomic_write_text
+from bids_brainage.template import SPACE
+
+BIDS_VERSION = "1.10.0"
+# below this Dice between the registered brain mask and the template's, flag the image
+REGISTRATION_DICE_WARN = 0.85
+TSV_COLUMNS = (
+    "participant_id", "session_id", "run", "model", "predicted_age", "interval_low",
+    "interval_high", "age", "brain_age_gap", "status", "message",
+)
+BIDSIGNORE = "*_brainage.tsv\n*_brainage.json\n*.html\nlogs/\ngroup_brainage.*\n"
+
+
+def format_value(value) -> str:
+    """TSV cell: ``n/a`` for missing values (BIDS), numbers as they are."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    return str(value)
+
+
+def tsv_text(rows: list[dict]) -> str:
+    lines = ["\t".join(TSV_COLUMNS)]
+    lines += ["\t".join(format_value(row.get(c)) for c in TSV_COLUMNS) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def output_names(prefix: str) -> dict[str, str]:
+    """File names of an image's outputs (DESIGN.md, "Outputs").
+
+    >>> output_names("sub-01_ses-A")["mni_norm"]
+    'sub-01_ses-A_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz'
+    """
+    xfm = f"{prefix}_from-T1w_to-{SPACE}_mode-image"
+    return {
+        "mask": f"{prefix}_desc-brain_mask.nii.gz",
+        "t1w": f"{prefix}_desc-preproc_T1w.nii.gz",
+        "mni_norm": f"{prefix}_space-{SPACE}_desc-preproc_T1w.nii.gz",
+        "mni_mask": f"{prefix}_space-{SPACE}_desc-brain_mask.nii.gz",
+        "affine": f"{xfm}_xfm.mat",
+        "warp": f"{xfm}_desc-warp_xfm.nii.gz",
+        "tsv": f"{prefix}_brainage.tsv",
+        "json": f"{prefix}_brainage.json",
+    }
+
+
+def write_dataset_description(output_dir: Path, bids_dir: Path) -> Path:
+    """Top-level ``dataset_description.json`` (DatasetType derivative, GeneratedBy) and
+    a ``.bidsignore`` for the app's own non-BIDS files."""
+    source = {}
+    desc_in = Path(bids_dir) / "dataset_description.json"
+    if desc_in.exists():
+        try:
+            source = json.loads(desc_in.read_text())
+        except json.JSONDecodeError:
+            source = {}
+    generated = {"Name": "bids_brainage", "Version": __version__,
+                 "CodeURL": "https://github.com/bids-brainage/bids_brainage"}
+    image = os.environ.get("BIDS_BRAINAGE_CONTAINER")
+    if image:
+        generated["Container"] = {"Type": "docker", "Tag": image}
+    description = {
+        "Name": f"bids_brainage outputs for {source.get('Name', Path(bids_dir).name)}",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+        "SourceDatasets": [{"URL": f"file://{Path(bids_dir).resolve()}",
+                            **({"Version": source["DatasetDOI"]} if "DatasetDOI" in source else {})}],
+        "License": source.get("License", "n/a"),
+    }
+    output_dir = Path(output_dir)
+    atomic_write_text(output_dir / ".bidsignore", BIDSIGNORE)
+    return atomic_write_json(output_dir / "dataset_description.json", description)
+
+
+def _dice(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / total) if total else 0.0
+
+
+def qc_warnings(files: dict, normalization: dict, skull_strip_method: str, age) -> list[str]:
+    """Warnings a reader of the outputs should see: weak registration, odd tissue peaks."""
+    import nibabel as nib
+    import numpy as np
+
+    from bids_brainage.template import template_2mm, template_mask
+
+    warnings = []
+    mni_mask = np.asanyarray(nib.load(files["mni_mask"]).dataobj) > 0
+    dice = _dice(mni_mask, template_mask(template_2mm()))
+    if dice < REGISTRATION_DICE_WARN:
+        warnings.append(f"registration: brain mask overlaps the template's with Dice {dice:.2f} "
+                        f"(< {REGISTRATION_DICE_WARN}); check the report")
+    if skull_strip_method == "none":
+        warnings.append("skull stripping skipped: the input was taken as already skull-stripped")
+    peaks = normalization.get("peaks", {})
+    if peaks and not peaks.get("CSF", 0) < peaks.get("GM", 0) < peaks.get("WM", 0):
+        warnings.append(f"intensity: tissue peaks out of order {peaks}; is this a T1w image?")
+    return warnings, dice
+
+
+def write_image_outputs(*, output_dir: Path, anat_dir: str, prefix: str, entities: dict, age,
+                        source: str, settings: dict, files: dict, normalization: dict,
+                        predictions: dict, skull_strip_method: str, timings: dict) -> Path:
+    """Copy an image's results into the derivatives and write its TSV and JSON sidecar."""
+    folder = Path(output_dir) / anat_dir
+    names = output_names(prefix)
+    for key, src in files.items():
+        if src:
+            atomic_copy(src, folder / names[key])
+    warnings, dice = qc_warnings(files, normalization, skull_strip_method, age)
+    rows = []
+    for pred in predictions.get("rows", []):
+        gap = None if age is None else round(pred["predicted_age"] - age, 3)
+        rows.append({**entities, **pred, "age": age, "brain_age_gap": gap, "status": "ok"})
+    if not rows:
+        warnings.append("no model predicted an age (preprocessing only)")
+    sidecar = {
+        "Sources": [f"bids:raw:{source}"],
+        "status": "ok",
+        "models": predictions.get("models", {}),
+        "normalization": normalization,
+        "skull_strip": skull_strip_method,
+        "registration_dice": round(dice, 4),
+        "settings": settings,
+        "timings": {k: round(float(v), 3) for k, v in timings.items()},
+        "warnings": warnings,
+    }
+    atomic_write_json(folder / names["json"], sidecar)
+    return atomic_write_text(folder / names["tsv"], tsv_text(rows))
+
+
+def write_failure(*, output_dir: Path, anat_dir: str, prefix: str, entities: dict, age,
+                  source: str, message: str, settings: dict) -> Path:
+    """One ``failed`` row (and a sidecar with the message) for an image that did not finish."""
+    folder = Path(output_dir) / anat_dir
+    names = output_names(prefix)
+    row = {**entities, "model": None, "age": age, "status": "failed",
+           "message": " ".join(message.split())}
+    atomic_write_json(folder / names["json"], {
+        "Sources": [f"bids:raw:{source}"], "status": "failed", "message": message,
+        "settings": settings, "warnings": [],
+    })
+    return atomic_write_text(folder / names["tsv"], tsv_text([row]))

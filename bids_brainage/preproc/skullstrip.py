@@ -1,0 +1,64 @@
+"""Skull stripping with deepbet (weights ship in its wheel, runs offline on the CPU)."""
+from __future__ import annotations
+
+import functools
+
+import nibabel as nib
+import numpy as np
+
+from bids_brainage.preproc.conform import voxel_sizes
+from bids_brainage.preproc.mask import largest_component, nonzero_mask
+
+# A whole head with skull and neck is 4-6 litres of non-zero voxels; a brain 1-1.8 litres.
+STRIPPED_MAX_LITRES = 2.5
+
+
+@functools.lru_cache(maxsize=1)
+def _deepbet():
+    from deepbet.bet import BrainExtraction
+
+    return BrainExtraction(no_gpu=True)
+
+
+def looks_skull_stripped(img: nib.Nifti1Image) -> bool:
+    """True when the non-zero part of the image is brain-sized (< 2.5 l), as after stripping.
+
+    >>> affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    >>> head = np.ones((200, 200, 150), np.float32)        # 6 litres of non-zero voxels
+    >>> looks_skull_stripped(nib.Nifti1Image(head, affine))
+    False
+    >>> brain = np.zeros_like(head); brain[50:150, 50:150, 30:130] = 1   # 1 litre
+    >>> looks_skull_stripped(nib.Nifti1Image(brain, affine))
+    True
+    """
+    data = np.asanyarray(img.dataobj)
+    litres = float(np.count_nonzero(data)) * float(np.prod(voxel_sizes(img))) / 1e6
+    return litres < STRIPPED_MAX_LITRES
+
+
+def deepbet_mask(img: nib.Nifti1Image, threshold: float = 0.5, threads: int = 1) -> np.ndarray:
+    """Brain mask of a RAS+ image predicted by deepbet (boolean array on the image grid)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    bet = _deepbet()
+    x = np.asarray(img.dataobj, dtype=np.float32)
+    prob = bet.run_model(x.copy())
+    return bet.postprocess(prob > threshold)
+
+
+def skull_strip(img: nib.Nifti1Image, method: str = "auto", threads: int = 1):
+    """Return ``(mask, method_used)``: the cleaned brain mask and which method made it.
+
+    ``method`` is ``deepbet``, ``none`` (non-zero voxels of an already stripped image) or
+    ``auto`` (``none`` when the image looks skull-stripped, else ``deepbet``).
+    """
+    if method == "auto":
+        method = "none" if looks_skull_stripped(img) else "deepbet"
+    if method == "deepbet":
+        mask = deepbet_mask(img, threads=threads)
+    elif method == "none":
+        mask = nonzero_mask(np.asanyarray(img.dataobj))
+    else:
+        raise ValueError(f"unknown skull-strip method {method!r}")
+    return largest_component(mask), method

@@ -1,0 +1,81 @@
+"""The group report ``group_report.html``: cohort metrics, figures, failures and flags."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from bids_brainage import __version__
+from bids_brainage.io import atomic_write_text
+from bids_brainage.reports.templates import GROUP, render
+
+LOGGER = logging.getLogger("bids_brainage.reports")
+DPI = 72
+# Longer lists stay in the tables; a page with 10,000 rows helps nobody.
+LIST_LIMIT = 300
+
+
+def write_group_report(path, table: pd.DataFrame, summary: dict) -> Path:
+    """Render the group report from ``group.analyse``'s table and summary, atomically."""
+    from bids_brainage.group import image_labels
+
+    models = list(summary["models"])
+    spans = {name: _span(entry.get("training")) for name, entry in summary["models"].items()}
+    figures, problems = _figures(table, models, spans)
+    outside = table[table["out_of_training_range"].fillna(False).astype(bool)]
+    out_of_range = [
+        {"image": label, "model": row.model, "age": row.age, "span": _span_text(spans[row.model]),
+         "predicted_age": row.predicted_age, "brain_age_gap": row.brain_age_gap}
+        for label, row in zip(image_labels(outside), outside.itertuples())
+    ]
+    html = render(
+        GROUP, title="bids_brainage: group report", version=__version__,
+        counts=summary["counts"], bias_fit=summary["bias_fit"], warnings=summary["warnings"],
+        models=summary["models"], figures=figures, figure_problems=problems,
+        failed=summary["failed"], out_of_range=out_of_range,
+        any_range=any(span is not None for span in spans.values()),
+        without_age=summary["without_age"], missing=summary["missing"], limit=LIST_LIMIT,
+    )
+    return atomic_write_text(path, html)
+
+
+def _span(training: dict | None) -> tuple[float, float] | None:
+    from bids_brainage.group import training_range
+
+    return training_range({"training": training}) if training else None
+
+
+def _span_text(span) -> str:
+    return "unknown" if span is None else f"{span[0]:g}-{span[1]:g}"
+
+
+def _figures(table: pd.DataFrame, models: list[str], spans: dict) -> tuple[list, list]:
+    if not models:
+        return [], ["No model has a successful prediction: no figures."]
+    from bids_brainage.reports import group_figures
+    from bids_brainage.reports.figures import to_data_uri
+
+    groupings = [c for c in ("site", "sex") if c in table.columns and table[c].notna().any()]
+    specs = (
+        ("Predicted against chronological age: identity line (black), least-squares fit "
+         "(orange), training age range (green band), images outside it circled in red.",
+         lambda: group_figures.predicted_vs_age_figure(table, models, spans)),
+        ("Brain-age gap: raw (filled) and bias-corrected (red outline)"
+         + (f"; raw gap by {' and by '.join(groupings)}" if groupings else "") + ".",
+         lambda: group_figures.gap_distribution_figure(table, models, groupings)),
+        ("Bland-Altman: difference against mean of predicted and chronological age, with the "
+         "mean difference and the 95 % limits of agreement.",
+         lambda: group_figures.bland_altman_figure(table, models)),
+    )
+    figures, problems = [], []
+    for caption, make in specs:
+        try:
+            fig = make()
+            width, height = (fig.get_size_inches() * DPI).round().astype(int)
+            figures.append({"uri": to_data_uri(fig, dpi=DPI), "alt": caption.split(":")[0],
+                            "caption": caption, "width": int(width), "height": int(height)})
+        except Exception as exc:  # a figure must not cost the tables and the other figures
+            LOGGER.warning("group figure failed: %s", exc)
+            problems.append(f"{caption.split(':')[0]}: could not be drawn ({exc})")
+    return figures, problems

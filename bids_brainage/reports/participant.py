@@ -1,0 +1,126 @@
+"""The participant report ``sub-<label>.html``: QC figures and predictions of every image.
+
+One page per participant covering all its sessions and runs, readable by a radiographer in a
+browser with no network: figures are PNG data URIs, styles inline, no scripts.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from bids_brainage import __version__
+from bids_brainage.io import atomic_write_text
+from bids_brainage.reports.templates import PARTICIPANT, render
+
+LOGGER = logging.getLogger("bids_brainage.reports")
+DPI = 80
+
+
+def write_participant_report(path, *, participant_id: str, images: list[dict]) -> Path:
+    """Write the report of one participant (all its images) to ``path``, atomically.
+
+    Each image dict: ``label``, ``t1w``, ``mask``, ``mni``, ``template``, ``template_mask``
+    (paths or None), ``histogram`` (values, edges, normalization, peaks), ``predictions``
+    (rows of the participant TSV as dicts), ``timings`` ({stage: seconds}), ``warnings``,
+    ``status`` ("ok" or "failed") and ``message``. A figure that cannot be drawn is replaced
+    by a note saying why; the report itself is still written.
+    """
+    prepared = [_prepare(participant_id, image, number) for number, image in enumerate(images)]
+    html = render(PARTICIPANT, title=f"{participant_id}: brain-age report",
+                  participant_id=participant_id, version=__version__, images=prepared)
+    return atomic_write_text(path, html)
+
+
+def _prepare(participant_id: str, image: dict, number: int) -> dict:
+    label = image.get("label") or ""
+    title = f"{participant_id}_{label}" if label else participant_id
+    status = image.get("status") or "ok"
+    figures, problems = [], []
+    for name, make, needs in _figure_specs(image):
+        missing = [key for key in needs if not _available(image, key)]
+        if missing:
+            if status == "ok":
+                problems.append(f"{name}: not shown, {', '.join(missing)} not available")
+            continue
+        try:
+            figures.append(_embed(make(), name))
+        except Exception as exc:  # one broken figure must not cost the whole report
+            LOGGER.warning("%s: the %s figure failed: %s", title, name, exc)
+            problems.append(f"{name}: could not be drawn ({type(exc).__name__}: {exc})")
+    timings = {k: v for k, v in (image.get("timings") or {}).items()}
+    return {
+        "title": title,
+        "anchor": re.sub(r"[^A-Za-z0-9_-]", "-", title) or f"image-{number}",
+        "status": status,
+        "message": image.get("message"),
+        "warnings": [str(w) for w in image.get("warnings") or []],
+        "predictions": [dict(r) for r in image.get("predictions") or []
+                        if (r.get("model") not in (None, "", "n/a"))],
+        "figures": figures,
+        "figure_problems": problems,
+        "timings": timings,
+        "total_time": sum(_seconds(v) for v in timings.values()),
+    }
+
+
+def _figure_specs(image: dict):
+    """(caption, maker, required keys) of each figure; makers import matplotlib lazily."""
+    from bids_brainage.reports import figures
+
+    def mask():
+        return figures.mask_outline_figure(image["t1w"], image["mask"])
+
+    def mni():
+        template = image.get("template") if _available(image, "template") else None
+        return figures.mni_overlay_figure(image["mni"], image["template_mask"], template)
+
+    def histogram():
+        return figures.histogram_figure(image["histogram"])
+
+    def predictions():
+        return figures.prediction_figure(image["predictions"], _age(image["predictions"]))
+
+    return (
+        ("Brain mask on the T1w", mask, ("t1w", "mask")),
+        ("Registration to MNI space", mni, ("mni", "template_mask")),
+        ("Normalised intensity histogram with tissue peaks", histogram, ("histogram",)),
+        ("Predicted age of each model with its interval", predictions, ("predictions",)),
+    )
+
+
+def _available(image: dict, key: str) -> bool:
+    value = image.get(key)
+    if key == "predictions":
+        return any(_number(r.get("predicted_age")) is not None for r in value or [])
+    if key == "histogram":
+        return bool(value) and bool(value.get("values")) and bool(value.get("edges"))
+    return value is not None and Path(value).is_file()
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _age(predictions: list[dict]) -> float | None:
+    for row in predictions:
+        age = _number(row.get("age"))
+        if age is not None:
+            return age
+    return None
+
+
+def _seconds(value) -> float:
+    return _number(value) or 0.0
+
+
+def _embed(fig, caption: str) -> dict:
+    from bids_brainage.reports.figures import to_data_uri
+
+    width, height = (fig.get_size_inches() * DPI).round().astype(int)
+    return {"uri": to_data_uri(fig, dpi=DPI), "alt": caption, "caption": caption,
+            "width": int(width), "height": int(height)}

@@ -36,6 +36,7 @@ ADDED = ("predicted_age_corrected", "brain_age_gap_corrected", "out_of_training_
 GROUPINGS = ("site", "sex")
 # Cohort refits need enough spread to mean anything; below this the fit is still made, but flagged.
 MIN_COHORT_FIT = 20
+LOG_LIMIT = 20  # names per problem in the log; the tables list them all
 _ENTITIES = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_(ses-[A-Za-z0-9]+))?(?:.*_run-(\d+))?")
 
 COLUMN_DESCRIPTIONS = {
@@ -551,14 +552,17 @@ def _log_summary(summary: dict, written: list[Path]) -> None:
     counts = summary["counts"]
     LOGGER.info("group level: %d participants, %d images, models %s",
                 counts["participants"], counts["images"], ", ".join(summary["models"]) or "none")
-    for entry in summary["failed"]:
+    for entry in summary["failed"][:LOG_LIMIT]:
         LOGGER.warning("%s %s: %s", entry["image"], entry["status"], entry["message"])
+    if len(summary["failed"]) > LOG_LIMIT:
+        LOGGER.warning("... and %d more failed or unreadable images (status column of "
+                       "group_brainage.tsv)", len(summary["failed"]) - LOG_LIMIT)
     if summary["without_age"]:
         LOGGER.warning("%d images without an age (kept in the table, left out of the metrics)",
                        len(summary["without_age"]))
     if summary["missing"]:
-        shown = ", ".join(summary["missing"][:20])
-        more = len(summary["missing"]) - 20
+        shown = ", ".join(summary["missing"][:LOG_LIMIT])
+        more = len(summary["missing"]) - LOG_LIMIT
         LOGGER.warning("%d participants of the dataset have no output: %s%s",
                        len(summary["missing"]), shown, f" and {more} more" if more > 0 else "")
     for name, entry in summary["models"].items():

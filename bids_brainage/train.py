@@ -1,0 +1,307 @@
+"""``bids_brainage-train BIDS_DIR MODEL_DIR``: train the models from a labelled BIDS dataset.
+
+1. Preprocess with the participant workflow (or reuse ``--derivatives``), no prediction.
+2. Split participants by age (seeded): train 60 % / validation 20 % / test 20 %.
+3. Per model: k-fold CV on train+validation (out-of-fold MAE), fit on train, predict
+   validation (calibration: ensemble weights, age-bias line, conformal interval) and test
+   (reported once, never used to choose anything).
+4. Write weights and ``models.json`` (cards with data, metrics, seed, versions, sha256).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bids_brainage import __version__
+from bids_brainage.splits import DEFAULT_SEED, TEST_FRACTION, VAL_FRACTION
+
+LOG = logging.getLogger("bids_brainage.train")
+FOREST_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": 100}
+INTERVAL_LEVEL = 0.9
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bids_brainage-train",
+        description="Train brain-age models on a BIDS dataset whose participants.tsv has ages.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bids_dir", type=Path)
+    p.add_argument("model_dir", type=Path, help="where weights and models.json are written")
+    p.add_argument("--derivatives", type=Path, default=None,
+                   help="reuse participant-level outputs of bids_brainage (else preprocess "
+                        "into WORK_DIR/derivatives)")
+    p.add_argument("-w", "--work-dir", type=Path, default=None)
+    p.add_argument("--models", default="rf,resnet34", help="comma-separated: rf, resnet34")
+    p.add_argument("--random-seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--nprocs", type=int, default=2)
+    p.add_argument("--participant-label", nargs="+", default=None,
+                   help="train on these participants only (e.g. a quick subset)")
+    p.add_argument("--exclude-label", nargs="+", default=(),
+                   help="participants never used (e.g. an example dataset's)")
+    p.add_argument("--rf-trees", type=int, default=500)
+    p.add_argument("--resnet-depth", type=int, default=34)
+    p.add_argument("--resnet-width", type=int, default=16)
+    p.add_argument("--resnet-epochs", type=int, default=40)
+    p.add_argument("--resnet-batch-size", type=int, default=8)
+    p.add_argument("--resnet-lr", type=float, default=1e-3)
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--skip-bids-validation", action="store_true")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def metrics(age, predicted) -> dict:
+    from bids_brainage import metrics as m
+
+    age, predicted = np.asarray(age, float), np.asarray(predicted, float)
+    r = m.pearson_r(age, predicted)
+    return {"n": int(age.size), "mae": round(m.mae(age, predicted), 3),
+            "rmse": round(m.rmse(age, predicted), 3), "r": round(r.r, 4),
+            "r2": round(m.r2(age, predicted), 4)}
+
+
+def conformal_halfwidth(residuals, level: float = INTERVAL_LEVEL) -> float:
+    """Split-conformal half-width: the ceil((n+1)·level)-th smallest |residual|.
+
+    >>> conformal_halfwidth(np.arange(1, 20), 0.9)
+    18.0
+    """
+    scores = np.sort(np.abs(np.asarray(residuals, float)))
+    k = int(np.ceil((scores.size + 1) * level))
+    return float(scores[min(k, scores.size) - 1])
+
+
+def ensemble_weights(predictions: dict[str, np.ndarray], age) -> dict[str, float]:
+    """Convex weights minimising validation MAE (grid of 0.05 for two members, else NNLS)."""
+    names = list(predictions)
+    if len(names) == 1:
+        return {names[0]: 1.0}
+    age = np.asarray(age, float)
+    if len(names) == 2:
+        grid = np.round(np.arange(0, 1.0001, 0.05), 2)
+        a, b = (predictions[n] for n in names)
+        errors = [np.mean(np.abs(w * a + (1 - w) * b - age)) for w in grid]
+        w = float(grid[int(np.argmin(errors))])
+        return {names[0]: w, names[1]: round(1 - w, 2)}
+    from scipy.optimize import nnls
+
+    weights, _ = nnls(np.column_stack([predictions[n] for n in names]), age)
+    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(names), 1 / len(names))
+    return {n: round(float(w), 4) for n, w in zip(names, weights)}
+
+
+def preprocess(args, work_dir: Path) -> Path:
+    """Participant-level preprocessing (no prediction) of the training dataset."""
+    from bids_brainage.cli.parser import get_parser as app_parser
+    from bids_brainage.config import Settings, apply_thread_environment
+    from bids_brainage.participant import run_participant
+
+    derivatives = work_dir / "derivatives"
+    argv = [str(args.bids_dir), str(derivatives), "participant", "-w", str(work_dir / "work"),
+            "--nprocs", str(args.nprocs), "--no-report", "--skip-bids-validation"]
+    if args.participant_label:
+        argv += ["--participant-label", *args.participant_label]
+    settings = Settings.from_args(app_parser().parse_args(argv))
+    apply_thread_environment(settings)
+    run_participant(settings, predict=False)
+    return derivatives
+
+
+def train_forest_model(x, ages, split, folds, args) -> tuple[dict, object, np.ndarray]:
+    """CV on train+val, fit on train; returns the card metrics, the model and all predictions."""
+    from bids_brainage.models.forest import train_forest
+    from bids_brainage.splits import kfold_indices
+
+    dev = np.flatnonzero(split != "test")
+    oof = np.full(len(ages), np.nan)
+    for fold in kfold_indices(ages[dev], k=folds, seed=args.random_seed):
+        held = dev[fold]
+        rest = np.setdiff1d(dev, held)
+        model = train_forest(x[rest], ages[rest], seed=args.random_seed,
+                             n_estimators=args.rf_trees, n_jobs=args.nprocs)
+        oof[held] = model.predict(x[held])
+    train = split == "train"
+    model = train_forest(x[train], ages[train], seed=args.random_seed,
+                         n_estimators=args.rf_trees, n_jobs=args.nprocs)
+    predicted = model.predict(x)
+    return {"cv": metrics(ages[dev], oof[dev])}, model, predicted
+
+
+def train_resnet_model(x, ages, split, args) -> tuple[dict, object, np.ndarray, dict]:
+    """Fit on train with validation monitoring; returns metrics, net, predictions, card."""
+    from bids_brainage.models import resnet3d
+
+    train, val = split == "train", split == "val"
+    mean, std = float(ages[train].mean()), float(ages[train].std())
+    net, history = resnet3d.train_resnet(
+        x[train], (ages[train] - mean) / std, x[val], (ages[val] - mean) / std,
+        depth=args.resnet_depth, width=args.resnet_width, epochs=args.resnet_epochs,
+        batch_size=args.resnet_batch_size, lr=args.resnet_lr, seed=args.random_seed,
+        augment=resnet3d.DEFAULT_AUGMENT if args.augment else {}, threads=args.nprocs,
+    )
+    card = resnet3d.resnet_card(f"resnet{args.resnet_depth}", args.resnet_depth,
+                                args.resnet_width, resnet3d.DEFAULT_SPEC, mean, std)
+    predicted = np.array([resnet3d.predict_volume(net, xi, threads=args.nprocs, card=card)
+                          for xi in x])
+    return {"history": history}, net, predicted, card
+
+
+def _versions() -> dict:
+    import sklearn
+
+    out = {"bids_brainage": __version__, "python": platform.python_version(),
+           "numpy": np.__version__, "scikit-learn": sklearn.__version__}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def calibrate(card: dict, predicted: np.ndarray, ages: np.ndarray, split: np.ndarray) -> dict:
+    """Validation-based calibration and test metrics, added to a card in place."""
+    from bids_brainage.metrics import fit_age_bias
+
+    val, test, train = split == "val", split == "test", split == "train"
+    half = conformal_halfwidth(predicted[val] - ages[val])
+    covered = np.abs(predicted[test] - ages[test]) <= half
+    slope, intercept = fit_age_bias(ages[val], predicted[val])
+    card.setdefault("validation", {}).update({
+        "val": metrics(ages[val], predicted[val]),
+        "test": metrics(ages[test], predicted[test]),
+        "train_mean_baseline_test_mae": round(float(np.mean(np.abs(ages[train].mean()
+                                                                  - ages[test]))), 3),
+    })
+    card["interval"] = {"method": "split-conformal on validation |residuals|",
+                        "level": INTERVAL_LEVEL, "halfwidth": round(half, 3),
+                        "test_coverage": round(float(covered.mean()), 3)}
+    card["bias_correction"] = {"slope": round(slope, 5), "intercept": round(intercept, 4),
+                               "fitted_on": f"validation split (n={int(val.sum())})"}
+    return card
+
+
+def training_card(subjects, ages, split, args, excluded) -> dict:
+    sites = sorted({s.site for s in subjects})
+    return {
+        "dataset": str(args.bids_dir.name), "n": int(len(ages)),
+        "n_train": int((split == "train").sum()), "n_val": int((split == "val").sum()),
+        "n_test": int((split == "test").sum()),
+        "age_min": round(float(ages.min()), 2), "age_max": round(float(ages.max()), 2),
+        "sites": sites, "split_seed": args.random_seed,
+        "split": {"train": 1 - TEST_FRACTION - VAL_FRACTION, "val": VAL_FRACTION,
+                  "test": TEST_FRACTION, "stratified_by": "age"},
+        "excluded_participants": sorted(excluded),
+        "test_participants": sorted(s.participant_id for s, k in zip(subjects, split)
+                                    if k == "test"),
+    }
+
+
+def write_models(model_dir: Path, cards: list[dict]) -> Path:
+    from bids_brainage.io import atomic_write_json
+    from bids_brainage.models.registry import CARD_FILE, sha256sum
+
+    for card in cards:
+        if card.get("file"):
+            card["sha256"] = sha256sum(model_dir / card["file"])
+    return atomic_write_json(model_dir / CARD_FILE, {"schema_version": 1, "models": cards})
+
+
+def run(args) -> int:
+    from bids_brainage.bids import read_participants
+    from bids_brainage.models.dataset import build_inputs, find_subjects
+    from bids_brainage.splits import stratified_assign
+
+    model_dir = args.model_dir.resolve()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = (args.work_dir or model_dir / "work").resolve()
+    derivatives = args.derivatives or preprocess(args, work_dir)
+    participants = read_participants(args.bids_dir)
+    excluded = {f"sub-{x.removeprefix('sub-')}" for x in args.exclude_label}
+    subjects = [s for s in find_subjects(derivatives, participants)
+                if s.participant_id not in excluded]
+    if args.participant_label:
+        keep = {f"sub-{x.removeprefix('sub-')}" for x in args.participant_label}
+        subjects = [s for s in subjects if s.participant_id in keep]
+    if len(subjects) < 10:
+        LOG.error("only %d participants with an age and complete outputs; need >= 10",
+                  len(subjects))
+        return 1
+    ages = np.array([s.age for s in subjects])
+    split = stratified_assign(ages, {"train": 1 - TEST_FRACTION - VAL_FRACTION,
+                                     "val": VAL_FRACTION, "test": TEST_FRACTION},
+                              seed=args.random_seed)
+    LOG.info("%d participants: %s", len(ages),
+             {k: int((split == k).sum()) for k in ("train", "val", "test")})
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    common = {
+        "version": __version__,
+        "training": training_card(subjects, ages, split, args, excluded),
+        "preprocessing": "conform RAS; deepbet; largest component; N4 (shrink 4); antspyx "
+                         "affine to MNI152NLin2009aSym at 2 mm; GMM normalisation (WM = 1)",
+        "versions": _versions(),
+        "date": _dt.date.today().isoformat(),
+        "command": "bids_brainage-train " + " ".join(sys.argv[1:]),
+        "licence": "CC BY-SA 3.0 (trained on IXI: Imperial College London, "
+                   "brain-development.org; resampled and labelled by NiChart, CBICA)",
+    }
+    cards, val_predictions = [], {}
+    if "rf" in names:
+        x = build_inputs(subjects, FOREST_INPUT)
+        extra, model, predicted = train_forest_model(x, ages, split, args.folds, args)
+        from bids_brainage.models.forest import save_forest
+
+        save_forest(model, model_dir / "rf.joblib")
+        card = {"name": "rf", "kind": "forest", "file": "rf.joblib",
+                "architecture": f"RandomForestRegressor({args.rf_trees} trees, max_features "
+                                "0.33, min_samples_leaf 2) on the 100-bin GMM histogram",
+                "input": FOREST_INPUT, **common, "validation": extra}
+        cards.append(calibrate(card, predicted, ages, split))
+        val_predictions["rf"] = predicted
+    resnet_names = [n for n in names if n.startswith("resnet")]
+    if resnet_names:
+        from bids_brainage.models import resnet3d
+
+        x = build_inputs(subjects, resnet3d.DEFAULT_SPEC)
+        extra, net, predicted, card = train_resnet_model(x, ages, split, args)
+        resnet3d.save_resnet(net, model_dir / f"{card['name']}.pt")
+        card.update(file=f"{card['name']}.pt", **common, validation=extra)
+        cards.append(calibrate(card, predicted, ages, split))
+        val_predictions[card["name"]] = predicted
+    if len(val_predictions) > 1:
+        val = split == "val"
+        weights = ensemble_weights({n: p[val] for n, p in val_predictions.items()}, ages[val])
+        predicted = sum(w * val_predictions[n] for n, w in weights.items())
+        card = {"name": "ensemble", "kind": "ensemble", "members": weights, "intercept": 0.0,
+                "architecture": "convex combination, weights minimising validation MAE",
+                **common}
+        cards.append(calibrate(card, predicted, ages, split))
+    path = write_models(model_dir, cards)
+    for card in cards:
+        v = card["validation"]
+        LOG.info("%-10s val MAE %.2f  test MAE %.2f r %.3f  (baseline %.2f)", card["name"],
+                 v["val"]["mae"], v["test"]["mae"], v["test"]["r"],
+                 v["train_mean_baseline_test_mae"])
+    LOG.info("wrote %s", path)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose == 0 else logging.DEBUG,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Preprocessing steps measured on real IXI images against independent references."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.signal import find_peaks
+
+from bids_brainage.io import load_t1w
+from bids_brainage.preproc.bias import n4_correct
+from bids_brainage.preproc.conform import conform
+from bids_brainage.preproc.normalize import METHODS, normalize_intensity, tissue_means
+from bids_brainage.preproc.register import register_to_template
+from bids_brainage.preproc.skullstrip import skull_strip
+from bids_brainage.template import template_2mm, template_mask
+
+pytestmark = pytest.mark.slow
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def _pool_subject(pool, n):
+    subjects = sorted(p.name for p in pool.glob("sub-*"))
+    return subjects[n]
+
+
+def _image_and_reference(pool, subject):
+    img = conform(load_t1w(pool / subject / "anat" / f"{subject}_T1w.nii.gz"))
+    ref = nib.as_closest_canonical(nib.load(
+        pool / "derivatives" / "dlmuse" / subject / "anat" / f"{subject}_desc-brain_mask.nii.gz"))
+    assert np.allclose(ref.affine, img.affine, atol=1e-3)
+    return img, np.asanyarray(ref.dataobj) > 0
+
+
+def test_deepbet_mask_matches_dlmuse_on_ten_participants(ixi_pool):
+    """Brain masks reach Dice >= 0.95 against the independent DLMUSE masks."""
+    scores = {}
+    for n in range(0, 130, 13):  # ten participants spread over the sorted pool
+        subject = _pool_subject(ixi_pool, n)
+        img, ref = _image_and_reference(ixi_pool, subject)
+        mask, method = skull_strip(img, "deepbet", threads=2)
+        assert method == "deepbet"
+        scores[subject] = dice(mask, ref)
+    assert len(scores) == 10
+    assert min(scores.values()) >= 0.95, scores
+
+
+@pytest.fixture(scope="module")
+def stripped(ixi_pool):
+    """One pool participant with its DLMUSE mask (independent of our skull stripping)."""
+    img, ref = _image_and_reference(ixi_pool, _pool_subject(ixi_pool, 5))
+    return img, ref
+
+
+def _white_matter(data, mask):
+    """Voxels whose clean intensity is above the GM/WM midpoint, eroded away from edges."""
+    _, gm, wm = tissue_means(data[mask])
+    return ndimage.binary_erosion((data > (gm + wm) / 2) & mask, iterations=1)
+
+
+def _cov(values):
+    return float(values.std() / values.mean())
+
+
+def test_n4_lowers_white_matter_variation_of_a_biased_image(stripped):
+    img, mask = stripped
+    data = np.asarray(img.dataobj, np.float32)
+    n4_clean, _ = n4_correct(img, mask, threads=2)
+    clean = np.asarray(n4_clean.dataobj)
+    wm = _white_matter(clean, mask)
+    # a smooth multiplicative field of about ±35 % across the head
+    grid = np.meshgrid(*[np.linspace(-1, 1, s) for s in data.shape], indexing="ij")
+    field = np.exp(0.3 * grid[0] + 0.2 * grid[1] ** 2 - 0.15 * grid[2])
+    biased = nib.Nifti1Image((data * field).astype(np.float32), img.affine)
+    corrected, estimated = n4_correct(biased, mask, threads=2)
+    before = _cov(np.asarray(biased.dataobj)[wm])
+    after = _cov(np.asarray(corrected.dataobj)[wm])
+    assert after < 0.7 * before, (before, after)
+    assert after < 1.3 * _cov(clean[wm])
+
+
+def test_registration_puts_the_brain_on_the_template(stripped, tmp_path):
+    img, mask = stripped
+    brain = nib.Nifti1Image(np.where(mask, np.asarray(img.dataobj), 0).astype(np.float32),
+                            img.affine)
+    reg = register_to_template(brain, mask, out_dir=tmp_path, threads=2)
+    assert reg["mni"].shape == template_2mm().shape
+    assert dice(reg["mni_mask"], template_mask(template_2mm())) >= 0.90
+    assert reg["affine_file"] and str(reg["affine_file"]).endswith(".mat")
+
+
+def _brightest_peaks(values, lo, hi):
+    hist, edges = np.histogram(values, bins=150, range=(lo, hi))
+    smooth = ndimage.gaussian_filter1d(hist.astype(float), 2)
+    peaks, _ = find_peaks(smooth, prominence=smooth.max() * 0.05)
+    centres = (edges[:-1] + edges[1:]) / 2
+    return centres[peaks]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_normalisation_puts_the_white_matter_peak_where_it_promises(stripped, method):
+    img, mask = stripped
+    corrected, _ = n4_correct(img, mask, threads=2)
+    out, info = normalize_intensity(np.asarray(corrected.dataobj), mask, method)
+    values = out[mask]
+    if method == "zscore":
+        assert values.mean() == pytest.approx(0, abs=1e-3)
+        assert values.std() == pytest.approx(1, abs=1e-3)
+        return
+    lo, hi = {"whitestripe": (-40, 15)}.get(method, (0.0, 1.6))
+    peaks = _brightest_peaks(values, lo, hi)
+    wm_peak = peaks[-1]
+    if method == "whitestripe":
+        assert wm_peak == pytest.approx(0.0, abs=1.0)  # sd units of the stripe
+    else:
+        assert wm_peak == pytest.approx(1.0, abs=0.05), peaks
+    if method == "twopoint":
+        assert info["peaks"]["GM"] == pytest.approx(0.75, abs=1e-6)
+        assert peaks[-2] == pytest.approx(0.75, abs=0.08), peaks

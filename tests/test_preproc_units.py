@@ -1,0 +1,131 @@
+"""Fast tests of the pure preprocessing functions on small arrays."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_brainage.features import intensity_histogram
+from bids_brainage.io import InputError, load_t1w
+from bids_brainage.preproc.conform import conform
+from bids_brainage.preproc.mask import largest_component
+from bids_brainage.preproc.normalize import METHODS, normalize_intensity
+from bids_brainage.preproc.register import antialias
+
+
+def _tissue_image(seed=0, shape=(20, 20, 20)):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, shape)
+    data = np.choose(labels, [30.0, 80.0, 120.0]) + rng.normal(0, 4, shape)
+    return data.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_normalisation_keeps_its_promise_on_synthetic_tissue(method):
+    data, labels = _tissue_image()
+    mask = np.ones_like(data, bool)
+    out, info = normalize_intensity(data * 7.3 + 11, mask, method)  # any scale and offset
+    wm = np.median(out[labels == 2])
+    gm = np.median(out[labels == 1])
+    if method in ("gmm", "fcm"):
+        assert wm == pytest.approx(1.0, abs=0.02)
+    elif method == "twopoint":
+        assert (gm, wm) == (pytest.approx(0.75, abs=0.02), pytest.approx(1.0, abs=0.02))
+    elif method == "whitestripe":
+        assert wm == pytest.approx(0.0, abs=1.0)  # in units of the stripe's sd
+    else:
+        assert out[mask].mean() == pytest.approx(0, abs=1e-3)
+        assert out[mask].std() == pytest.approx(1, abs=1e-3)
+    assert info["method"] == method
+
+
+def test_normalisation_is_invariant_to_intensity_scale():
+    data, _ = _tissue_image(1)
+    mask = np.ones_like(data, bool)
+    a, _ = normalize_intensity(data, mask, "gmm")
+    b, _ = normalize_intensity(data * 10, mask, "gmm")
+    assert np.allclose(a, b, atol=1e-4)
+
+
+def test_normalisation_zeroes_outside_mask_and_refuses_tiny_masks():
+    data, _ = _tissue_image(2)
+    mask = np.zeros_like(data, bool)
+    mask[2:18, 2:18, 2:18] = True
+    out, _ = normalize_intensity(data, mask, "gmm")
+    assert not out[~mask].any()
+    with pytest.raises(ValueError, match="too few brain voxels"):
+        normalize_intensity(data, np.zeros_like(mask), "gmm")
+
+
+def test_histogram_is_a_density_over_the_method_range():
+    data, _ = _tissue_image(3)
+    out, _ = normalize_intensity(data, np.ones_like(data, bool), "gmm")
+    density, edges = intensity_histogram(out, np.ones_like(out, bool), "gmm")
+    assert len(density) == 100 and edges[0] == 0 and edges[-1] == 1.5
+    assert (density * np.diff(edges)).sum() == pytest.approx(1.0)
+
+
+def test_largest_component_removes_islands_and_fills_holes():
+    mask = np.zeros((12, 12, 12), bool)
+    mask[2:9, 2:9, 2:9] = True
+    mask[5, 5, 5] = False          # a hole
+    mask[11, 11, 11] = True        # an island
+    out = largest_component(mask)
+    assert out[5, 5, 5] and not out[11, 11, 11] and out.sum() == 343
+
+
+def test_conform_reorients_to_ras_without_changing_values():
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    affine = np.array([[0, 0, -2, 10], [-2, 0, 0, 5], [0, 2, 0, 0], [0, 0, 0, 1.0]])  # PSL-ish
+    out = conform(nib.Nifti1Image(data, affine))
+    assert nib.aff2axcodes(out.affine) == ("R", "A", "S")
+    assert out.get_data_dtype() == np.float32
+    # the same world coordinate holds the same value
+    ijk = np.array([1, 2, 3, 1])
+    world = affine @ ijk
+    new_ijk = np.round(np.linalg.inv(out.affine) @ world).astype(int)[:3]
+    assert out.get_fdata()[tuple(new_ijk)] == data[1, 2, 3]
+
+
+def test_antialias_leaves_coarse_images_alone_and_smooths_fine_ones():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(16, 16, 16)).astype(np.float32)
+    coarse = nib.Nifti1Image(noise, np.diag([2, 2, 2, 1.0]))
+    assert antialias(coarse) is coarse
+    fine = antialias(nib.Nifti1Image(noise, np.diag([1, 1, 1, 1.0])))
+    assert np.asarray(fine.dataobj).std() < 0.5 * noise.std()
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("unreadable", "cannot read the image"),
+    ("four_d", "expected a 3-D T1w image"),
+    ("zeros", "all zeros"),
+    ("singular", "affine is singular"),
+    ("nan_affine", "non-finite"),
+    ("nan_data", "NaN"),
+])
+def test_bad_inputs_are_refused_with_file_and_reason(tmp_path, case, reason):
+    path = tmp_path / f"{case}.nii.gz"
+    good = np.random.default_rng(0).random((32, 32, 32)).astype(np.float32)
+    affine = np.eye(4)
+    if case == "unreadable":
+        path.write_bytes(b"this is not a nifti file")
+    elif case == "four_d":
+        nib.save(nib.Nifti1Image(np.stack([good, good], -1), affine), path)
+    elif case == "zeros":
+        nib.save(nib.Nifti1Image(np.zeros_like(good), affine), path)
+    elif case in ("singular", "nan_affine"):
+        # nibabel refuses to build such affines, so write the header rows directly
+        img = nib.Nifti1Image(good, None)
+        img.header["qform_code"], img.header["sform_code"] = 0, 1
+        img.header["srow_x"] = [1, 0, 0, np.nan if case == "nan_affine" else 0]
+        img.header["srow_y"] = [0, 1, 0, 0]
+        img.header["srow_z"] = [0, 0, 0, 0] if case == "singular" else [0, 0, 1, 0]
+        nib.save(img, path)
+    else:
+        data = good.copy()
+        data[0, 0, 0] = np.nan
+        nib.save(nib.Nifti1Image(data, affine), path)
+    with pytest.raises(InputError) as err:
+        load_t1w(path)
+    assert str(path) in str(err.value) and reason in str(err.value)

@@ -20,7 +20,8 @@ TSV_COLUMNS = (
     "participant_id", "session_id", "run", "model", "predicted_age", "interval_low",
     "interval_high", "age", "brain_age_gap", "status", "message",
 )
-BIDSIGNORE = "*_brainage.tsv\n*_brainage.json\n*.html\nlogs/\ngroup_brainage.*\n"
+# transforms are not in the BIDS schema yet (BEP014): listed here like other apps do
+BIDSIGNORE = "*_xfm.*\n*_brainage.tsv\n*_brainage.json\n*.html\nlogs/\ngroup_brainage.*\n"
 
 
 def format_value(value) -> str:
@@ -34,6 +35,19 @@ def tsv_text(rows: list[dict]) -> str:
     lines = ["\t".join(TSV_COLUMNS)]
     lines += ["\t".join(format_value(row.get(c)) for c in TSV_COLUMNS) for row in rows]
     return "\n".join(lines) + "\n"
+
+DERIVATIVES_README = """bids_brainage derivatives
+
+Per T1w image (sub-<label>/[ses-<label>/]anat/):
+  *_desc-brain_mask.nii.gz        brain mask, native space
+  *_desc-preproc_T1w.nii.gz       N4 bias-corrected T1w, native space (RAS+)
+  *_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz   normalised brain, MNI 2 mm grid
+  *_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz    brain mask, MNI 2 mm grid
+  *_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat  ITK affine, T1w -> MNI
+  *_brainage.tsv / .json          predicted age per model, interval, gap, status; provenance
+sub-<label>.html                  visual QC report
+group_brainage.tsv/.csv/.json, group_report.html   group level
+"""
 
 
 def output_names(prefix: str) -> dict[str, str]:
@@ -81,7 +95,30 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> Path:
     }
     output_dir = Path(output_dir)
     atomic_write_text(output_dir / ".bidsignore", BIDSIGNORE)
+    atomic_write_text(output_dir / "README", DERIVATIVES_README)
     return atomic_write_json(output_dir / "dataset_description.json", description)
+
+
+def image_sidecars(names: dict, raw: str, normalization: str, skull_strip_method: str,
+                   anat_dir: str) -> dict:
+    """Sidecars the derivatives spec asks of each image (SkullStripped, Sources, Type)."""
+    def own(name):
+        return f"bids::{anat_dir}/{name}"
+
+    return {
+        "t1w": {"SkullStripped": False, "Sources": [raw],
+                "Description": "N4 bias-field corrected T1w, native space, RAS+"},
+        "mask": {"Type": "Brain", "Sources": [raw],
+                 "Description": f"brain mask ({skull_strip_method}), largest component, "
+                                "holes filled"},
+        "mni_norm": {"SkullStripped": True, "Description": "brain in MNI space, intensity "
+                     "normalised: the input of the models", "Sources": [own(names["t1w"]),
+                                                         own(names["affine"])],
+                     "SpatialReference": "MNI152NLin2009aSym, 2 mm grid 99x117x95",
+                     "IntensityNormalization": normalization},
+        "mni_mask": {"Type": "Brain", "Description": "brain mask in MNI space", "Sources": [own(names["mask"])],
+                     "SpatialReference": "MNI152NLin2009aSym, 2 mm grid 99x117x95"},
+    }
 
 
 def _dice(a, b) -> float:
@@ -122,6 +159,10 @@ def write_image_outputs(*, output_dir: Path, anat_dir: str, prefix: str, entitie
     for key, src in files.items():
         if src:
             atomic_copy(src, folder / names[key])
+    raw = f"bids:raw:{source}"
+    for key, meta in image_sidecars(names, raw, normalization.get("method"),
+                                    skull_strip_method, anat_dir).items():
+        atomic_write_json(folder / names[key].replace(".nii.gz", ".json"), meta)
     warnings, dice = qc_warnings(files, normalization, skull_strip_method, age)
     rows = []
     for pred in predictions.get("rows", []):

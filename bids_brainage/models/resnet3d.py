@@ -66,13 +66,22 @@ def crop_to_grid(norm: np.ndarray, spec: dict) -> np.ndarray:
     src = tuple(slice(a, b) for a, b in zip(lo, hi))
     dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
     out[dst] = np.nan_to_num(norm[src], nan=0.0, posinf=0.0, neginf=0.0)
-    factor = int(spec.get("downsample", 1))
+    return downsample_block(out, int(spec.get("downsample", 1)))
+
+
+def downsample_block(x: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of ``factor``³ blocks of a 3-D box (zero-padded up to a multiple of ``factor``).
+
+    >>> downsample_block(np.ones((3, 4, 4), np.float32), 2)[:, 0, 0].tolist()
+    [1.0, 0.5]
+    """
+    x = np.asarray(x, np.float32)
     if factor > 1:
-        padded = np.zeros([int(math.ceil(s / factor)) * factor for s in size], np.float32)
-        padded[: size[0], : size[1], : size[2]] = out
+        padded = np.zeros([int(math.ceil(s / factor)) * factor for s in x.shape], np.float32)
+        padded[: x.shape[0], : x.shape[1], : x.shape[2]] = x
         a, b, c = (s // factor for s in padded.shape)
-        out = padded.reshape(a, factor, b, factor, c, factor).mean(axis=(1, 3, 5))
-    return np.ascontiguousarray(out, dtype=np.float32)
+        x = padded.reshape(a, factor, b, factor, c, factor).mean(axis=(1, 3, 5))
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- network

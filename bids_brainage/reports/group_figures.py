@@ -42,7 +42,6 @@ def predicted_vs_age_figure(table: pd.DataFrame, models: list[str],
         ax.set_ylabel("predicted age (years)")
         ax.legend(fontsize=7, loc="upper left", frameon=False)
         ax.set_aspect("equal", adjustable="datalim")
-    fig.tight_layout()
     return fig
 
 
@@ -80,7 +79,6 @@ def gap_distribution_figure(table: pd.DataFrame, models: list[str],
         ax.legend(fontsize=7, frameon=False)
         for row, column in enumerate(groupings, start=1):
             _box_by(axes[row, col], rows, column)
-    fig.tight_layout()
     return fig
 
 
@@ -124,5 +122,4 @@ def bland_altman_figure(table: pd.DataFrame, models: list[str]) -> Figure:
         ax.set_title(f"{name}: Bland-Altman")
         ax.set_xlabel("mean of predicted and chronological age (years)")
         ax.set_ylabel("predicted - chronological age (years)")
-    fig.tight_layout()
     return fig

@@ -87,8 +87,8 @@ def main() -> None:
             runs = [one_run(data, args.subject) for _ in range(args.runs)]
             med = statistics.median
             print(f"\n{label} image {shape}: median of {args.runs} runs")
-            print(f"  wall            {med(r['wall'] for r in runs):7.1f} s   "
-                  f"(runs: {', '.join(f'{r['wall']:.1f}' for r in runs)})")
+            walls = ", ".join(f"{r['wall']:.1f}" for r in runs)
+            print(f"  wall            {med(r['wall'] for r in runs):7.1f} s   (runs: {walls})")
             print(f"  peak RSS        {med(r['rss_mb'] for r in runs):7.0f} MB")
             for stage in runs[0]["stages"]:
                 print(f"  {stage:<15} {med(r['stages'][stage] for r in runs):7.2f} s")

@@ -202,6 +202,8 @@ def training_card(subjects, ages, split, args, excluded) -> dict:
         "split": {"train": 1 - TEST_FRACTION - VAL_FRACTION, "val": VAL_FRACTION,
                   "test": TEST_FRACTION, "stratified_by": "age"},
         "excluded_participants": sorted(excluded),
+        "val_participants": sorted(s.participant_id for s, k in zip(subjects, split)
+                                   if k == "val"),
         "test_participants": sorted(s.participant_id for s, k in zip(subjects, split)
                                     if k == "test"),
     }

@@ -3,16 +3,15 @@
 Runs from the derivatives alone. Participant jobs may still be writing: they write
 ``.<name>.XXXX.tmp.tsv`` and rename it into place, so only names without a leading dot are
 read, and a file that vanishes or cannot be parsed is logged and listed, never fatal.
-Outputs (written atomically, deterministic, so a rerun on the same inputs gives the same bytes):
+Cohort statistics live in ``bids_brainage.cohort``. Outputs (written atomically and
+deterministic, so a rerun on the same inputs gives the same bytes):
 ``group_brainage.tsv`` / ``.csv`` (one row per image x model), ``group_brainage.json``
 (metrics per model) and ``group_report.html``.
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import math
 import os
 import re
 from pathlib import Path
@@ -20,7 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_brainage import __version__, metrics
+# the cohort statistics are part of this module's interface
+from bids_brainage.cohort import (  # noqa: F401
+    ADDED, analyse, annotate, bias_coefficients, finite_float, image_labels, load_cards,
+    summarize, training_range,
+)
 from bids_brainage.io import atomic_path, atomic_write_json
 
 LOGGER = logging.getLogger("bids_brainage.group")
@@ -32,10 +35,6 @@ TSV_COLUMNS = (
 )
 REQUIRED = ("participant_id", "model", "predicted_age", "status")
 NUMERIC = ("predicted_age", "interval_low", "interval_high", "age", "brain_age_gap")
-ADDED = ("predicted_age_corrected", "brain_age_gap_corrected", "out_of_training_range")
-GROUPINGS = ("site", "sex")
-# Cohort refits need enough spread to mean anything; below this the fit is still made, but flagged.
-MIN_COHORT_FIT = 20
 LOG_LIMIT = 20  # names per problem in the log; the tables list them all
 _ENTITIES = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_(ses-[A-Za-z0-9]+))?(?:.*_run-(\d+))?")
 
@@ -50,8 +49,8 @@ COLUMN_DESCRIPTIONS = {
     "age": "chronological age, years (sessions.tsv, else participants.tsv, else the participant "
            "output)",
     "brain_age_gap": "predicted_age - age, years",
-    "status": "ok, failed (the participant level failed) or unreadable (its output could not "
-              "be parsed)",
+    "status": "ok; failed (the participant level failed); unreadable (its output could not "
+              "be parsed); no_prediction (preprocessed, but no model was run)",
     "message": "failure reason",
     "predicted_age_corrected": "age-bias-corrected predicted age, (predicted - intercept) / slope",
     "brain_age_gap_corrected": "predicted_age_corrected - age, years",
@@ -92,7 +91,8 @@ def _scan(folder: Path, *, dirs: bool, prefix: str) -> list[Path]:
 def read_prediction_file(path: Path) -> list[list[str]]:
     """Rows of one participant TSV as lists of strings in ``TSV_COLUMNS`` order.
 
-    Raises ValueError when the file is not a complete prediction table.
+    Raises ValueError when the file is not a complete prediction table. A header alone is
+    valid: the participant level ran without any model (preprocessing only).
     """
     with open(path, "rb") as handle:
         text = handle.read().decode("utf-8")
@@ -113,8 +113,6 @@ def read_prediction_file(path: Path) -> list[list[str]]:
         if len(line) != len(header):
             raise ValueError(f"line {number} has {len(line)} fields, the header {len(header)}")
         rows.append([NA if i is None else line[i] for i in index])
-    if not rows:
-        raise ValueError("no rows")
     return rows
 
 
@@ -135,18 +133,21 @@ def collect(output_dir: Path | str) -> pd.DataFrame:
             continue
         except (OSError, ValueError, UnicodeDecodeError, csv.Error) as exc:
             LOGGER.warning("%s is unreadable (%s); listed as unreadable", rel, exc)
-            new = [_unreadable_row(path.name, f"unreadable participant output: {exc}")]
+            new = [_status_row(path.name, "unreadable", f"unreadable participant output: {exc}")]
+        if not new:
+            new = [_status_row(path.name, "no_prediction", "no model predicted an age "
+                                                            "(preprocessing only)")]
         rows.extend(new)
         sources.extend([rel] * len(new))
     return _frame(rows, sources)
 
 
-def _unreadable_row(name: str, message: str) -> list[str]:
+def _status_row(name: str, status: str, message: str) -> list[str]:
     match = _ENTITIES.match(name)
     sub, ses, run = match.groups() if match else (name.split("_")[0], None, None)
     values = dict.fromkeys(TSV_COLUMNS, NA)
     values.update(participant_id=sub, session_id=ses or NA, run=run or NA,
-                  status="unreadable", message=message)
+                  status=status, message=message)
     return [values[c] for c in TSV_COLUMNS]
 
 
@@ -178,7 +179,11 @@ def read_participants(bids_dir: Path | str | None) -> pd.DataFrame:
         LOGGER.warning("%s has no participant_id column; ignored", path)
         return pd.DataFrame(index=pd.Index([], name="participant_id"))
     if "age" in table.columns:
-        table["age"] = pd.to_numeric(table["age"], errors="coerce")
+        numeric = pd.to_numeric(table["age"], errors="coerce")
+        odd = sorted(set(table.loc[numeric.isna() & table["age"].notna(), "age"]))
+        if odd:  # e.g. "89+", which BIDS allows for de-identification
+            LOGGER.warning("%s: ages %s are not numbers; treated as unknown", path, odd[:5])
+        table["age"] = numeric
     return table.drop_duplicates("participant_id").set_index("participant_id")
 
 
@@ -191,18 +196,10 @@ def read_session_ages(bids_dir: Path | str | None) -> dict[tuple[str, str], floa
             continue
         with open(path, newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle, delimiter="\t"):
-                age = _float(row.get("age"))
+                age = finite_float(row.get("age"))
                 if row.get("session_id") and age is not None:
                     ages[(sub.name, row["session_id"])] = age
     return ages
-
-
-def _float(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def join_participants(df: pd.DataFrame, bids_dir: Path | str | None) -> pd.DataFrame:
@@ -242,260 +239,6 @@ def missing_participants(df: pd.DataFrame, bids_dir: Path | str | None) -> list[
         known |= {p.name for p in _scan(Path(bids_dir), dirs=True, prefix="sub-")}
     return sorted(known - set(df["participant_id"]))
 
-
-# ------------------------------------------------------------------------------ model cards
-def load_cards(model_dir: Path | str | None = None) -> dict[str, dict]:
-    """Model cards by name: the registry's when it exists, else ``models.json`` read here.
-
-    Group level only needs the training age range and the bias-correction line; a card
-    without them (or no card at all) switches those features off, and the outputs say so.
-    """
-    try:
-        from bids_brainage.models.registry import load_cards as registry_load_cards
-    except ImportError:
-        registry_load_cards = None
-    if registry_load_cards is not None:
-        try:
-            return dict(registry_load_cards(model_dir))
-        except Exception as exc:  # a broken card must not stop the cohort tables
-            LOGGER.warning("model cards could not be loaded (%s); metrics without them", exc)
-            return {}
-    folder = Path(model_dir) if model_dir else Path(__file__).parent / "data" / "models"
-    try:
-        raw = json.loads((folder / "models.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        LOGGER.warning("no usable model card in %s (%s); metrics without it", folder, exc)
-        return {}
-    return _cards_by_name(raw)
-
-
-def _cards_by_name(raw) -> dict[str, dict]:
-    """Accept ``{"models": [...]}``, ``{"models": {name: card}}``, ``[...]`` or ``{name: card}``."""
-    if isinstance(raw, dict) and "models" in raw:
-        raw = raw["models"]
-    if isinstance(raw, list):
-        return {card["name"]: card for card in raw if isinstance(card, dict) and "name" in card}
-    if isinstance(raw, dict):
-        return {name: card for name, card in raw.items() if isinstance(card, dict)}
-    return {}
-
-
-def training_range(card: dict | None) -> tuple[float, float] | None:
-    training = (card or {}).get("training") or {}
-    low, high = _float(training.get("age_min")), _float(training.get("age_max"))
-    return (low, high) if low is not None and high is not None else None
-
-
-# ------------------------------------------------------------------------- bias correction
-def bias_coefficients(df: pd.DataFrame, cards: dict, bias_fit: str) -> dict[str, dict]:
-    """The age-bias line of each model: from its card, or refitted on this cohort."""
-    if bias_fit not in ("model", "cohort"):
-        raise ValueError(f"bias_fit must be 'model' or 'cohort', not {bias_fit!r}")
-    out = {}
-    for name in model_names(df):
-        if bias_fit == "cohort":
-            out[name] = _cohort_fit(df[_ok(df) & (df["model"] == name)])
-        else:
-            out[name] = _card_fit(cards.get(name))
-        slope = out[name].get("slope")
-        if slope is not None and not slope > 0.1:
-            out[name].update(slope=None, intercept=None,
-                             note=f"slope {slope:.3g} is too flat to invert; no correction")
-    return out
-
-
-def _card_fit(card: dict | None) -> dict:
-    if not card:
-        return {"slope": None, "intercept": None, "source": None,
-                "note": "no model card for this model: no bias correction"}
-    bias = card.get("bias_correction") or {}
-    slope, intercept = _float(bias.get("slope")), _float(bias.get("intercept"))
-    if slope is None or intercept is None:
-        return {"slope": None, "intercept": None, "source": None,
-                "note": "the model card has no bias_correction: no bias correction"}
-    return {"slope": slope, "intercept": intercept, "source": "model card",
-            "fitted_on": bias.get("fitted_on")}
-
-
-def _cohort_fit(rows: pd.DataFrame) -> dict:
-    age, predicted = metrics.finite_pairs(rows["age"], rows["predicted_age"])
-    try:
-        slope, intercept = metrics.fit_age_bias(age, predicted)
-    except ValueError as exc:
-        return {"slope": None, "intercept": None, "source": "cohort", "note": str(exc)}
-    fit = {"slope": slope, "intercept": intercept, "source": "cohort",
-           "fitted_on": f"this cohort ({age.size} images with an age)",
-           "warning": "COHORT REFIT: the line was fitted on the same images it corrects, so "
-                      "the corrected gap is uncorrelated with age by construction and any real "
-                      "age-related effect in this cohort is removed too; corrected metrics are "
-                      "optimistic. Use --bias-fit model for unbiased figures."}
-    if age.size < MIN_COHORT_FIT:
-        fit["warning"] += f" Only {age.size} images: the line itself is unreliable."
-    return fit
-
-
-def annotate(df: pd.DataFrame, cards: dict, coefficients: dict[str, dict]) -> pd.DataFrame:
-    """Add the corrected predicted age and gap, and the out-of-training-range flag."""
-    out = df.copy()
-    out["predicted_age_corrected"] = np.nan
-    out["out_of_training_range"] = pd.array([pd.NA] * len(out), dtype="boolean")
-    for name, coef in coefficients.items():
-        rows = out["model"] == name
-        if coef.get("slope") is not None:
-            out.loc[rows, "predicted_age_corrected"] = metrics.correct_age_bias(
-                out.loc[rows, "predicted_age"], coef["slope"], coef["intercept"])
-        span = training_range(cards.get(name))
-        if span is not None:
-            age = out.loc[rows, "age"]
-            flag = ((age < span[0]) | (age > span[1])).astype("boolean")
-            out.loc[rows, "out_of_training_range"] = flag.mask(age.isna())
-    out["brain_age_gap_corrected"] = out["predicted_age_corrected"] - out["age"]
-    return out
-
-
-# --------------------------------------------------------------------------------- summary
-def model_names(df: pd.DataFrame) -> list[str]:
-    return sorted(df.loc[_ok(df), "model"].dropna().unique())
-
-
-def _ok(df: pd.DataFrame) -> pd.Series:
-    return (df["status"] == "ok") & df["model"].notna()
-
-
-def image_labels(df: pd.DataFrame) -> pd.Series:
-    """``sub-01_ses-1_run-2`` style labels, one per row."""
-    label = df["participant_id"].fillna("sub-?").astype(str)
-    ses = df["session_id"].fillna("")
-    label = label.where(ses == "", label + "_" + ses.astype(str))
-    run = df["run"].astype("string").fillna("")
-    return label.where(run == "", label + "_run-" + run).astype(str)
-
-
-def metric_set(age, predicted) -> dict:
-    """MAE, RMSE, R², Pearson r (p, 95 % CI), mean and SD of the gap, and r(gap, age)."""
-    age, predicted = metrics.finite_pairs(age, predicted)
-    gap = metrics.brain_age_gap(predicted, age)
-    r = metrics.pearson_r(age, predicted)
-    bias = metrics.pearson_r(age, gap)
-    return {
-        "N": int(age.size),
-        "MAE": metrics.mae(age, predicted),
-        "RMSE": metrics.rmse(age, predicted),
-        "R2": metrics.r2(age, predicted),
-        "pearson_r": {"r": r.r, "p": r.p, "ci95": [r.ci_low, r.ci_high]},
-        "mean_gap": float(gap.mean()) if gap.size else None,
-        "sd_gap": float(gap.std(ddof=1)) if gap.size > 1 else None,
-        "r_gap_age": bias.r,
-    }
-
-
-def metric_block(rows: pd.DataFrame) -> dict:
-    """Raw and (when a correction exists) bias-corrected metrics of some rows of one model."""
-    block = {"N": int((rows["age"].notna() & rows["predicted_age"].notna()).sum()),
-             "n_participants": int(rows.loc[rows["age"].notna(), "participant_id"].nunique()),
-             "raw": metric_set(rows["age"], rows["predicted_age"])}
-    if rows["predicted_age_corrected"].notna().any():
-        block["corrected"] = metric_set(rows["age"], rows["predicted_age_corrected"])
-    return block
-
-
-def _by_column(rows: pd.DataFrame, column: str) -> dict:
-    groups = {}
-    for value, part in rows[rows[column].notna()].groupby(column, sort=True):
-        groups[str(value)] = metric_block(part)
-    return groups
-
-
-def analyse(df: pd.DataFrame, cards: dict, bias_fit: str = "model",
-            missing: list[str] | tuple = ()) -> tuple[pd.DataFrame, dict]:
-    """The annotated, sorted table and its summary (what ``group_brainage.json`` holds)."""
-    coefficients = bias_coefficients(df, cards, bias_fit)
-    table = annotate(df, cards, coefficients)
-    table = table.sort_values(["participant_id", "session_id", "run", "model"],
-                              na_position="first", kind="stable").reset_index(drop=True)
-    labels = image_labels(table)
-    ok = _ok(table)
-    summary = {
-        "GeneratedBy": [{"Name": "bids_brainage", "Version": __version__}],
-        "bias_fit": bias_fit,
-        "warnings": [],
-        "counts": {
-            "participants": int(table["participant_id"].nunique()),
-            "images": int(labels.nunique()),
-            "images_failed": int(labels[table["status"] == "failed"].nunique()),
-            "images_unreadable": int(labels[table["status"] == "unreadable"].nunique()),
-            "images_without_age": int(labels[ok & table["age"].isna()].nunique()),
-            "participants_missing": len(missing),
-        },
-        "models": {},
-        "failed": _failures(table, labels),
-        "without_age": sorted(labels[ok & table["age"].isna()].unique()),
-        "missing": list(missing),
-        "Columns": {c: COLUMN_DESCRIPTIONS[c] for c in COLUMN_DESCRIPTIONS if c in table.columns
-                    or c == "source"},
-    }
-    for name in model_names(table):
-        summary["models"][name] = _model_summary(table, labels, name, cards.get(name),
-                                                 coefficients[name])
-        coef = coefficients[name]
-        for key in ("warning", "note"):
-            if coef.get(key):
-                summary["warnings"].append(f"{name}: {coef[key]}")
-    return table, _clean(summary)
-
-
-def summarize(df: pd.DataFrame, cards: dict, bias_fit: str = "model") -> dict:
-    """Metrics per model, overall and per site / sex (see ``analyse``)."""
-    return analyse(df, cards, bias_fit)[1]
-
-
-def _model_summary(table, labels, name, card, coef) -> dict:
-    rows = table[_ok(table) & (table["model"] == name)]
-    outside = rows["out_of_training_range"].fillna(False).astype(bool)
-    span = training_range(card)
-    entry = {
-        "training": (card or {}).get("training"),
-        "bias_correction": coef,
-        "overall": metric_block(rows),
-    }
-    for column in GROUPINGS:
-        if column in rows.columns and rows[column].notna().any():
-            entry[f"by_{column}"] = _by_column(rows, column)
-    if span is None:
-        entry["out_of_training_range"] = None
-        entry["note"] = "the model card gives no training age range: range not checked"
-    else:
-        entry["out_of_training_range"] = sorted(labels[outside.reindex(labels.index,
-                                                                       fill_value=False)])
-        if outside.any():
-            entry["within_training_range"] = metric_block(rows[~outside])
-    return entry
-
-
-def _failures(table: pd.DataFrame, labels: pd.Series) -> list[dict]:
-    bad = table["status"] != "ok"
-    listed = []
-    for label, row in zip(labels[bad], table[bad].itertuples()):
-        listed.append({"image": label, "participant_id": row.participant_id,
-                       "status": row.status, "message": row.message, "source": row.source})
-    return listed
-
-
-def _clean(value):
-    """JSON-safe: NaN -> None, numpy scalars -> Python, floats to 6 significant digits."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(f"{value:.6g}") if math.isfinite(value) else None
-    if value is pd.NA:
-        return None
-    return value
-
-
 # ---------------------------------------------------------------------------------- outputs
 def table_columns(table: pd.DataFrame) -> list[str]:
     """Our columns first, then the participants.tsv ones, then the source file."""
@@ -516,7 +259,9 @@ def write_outputs(table: pd.DataFrame, summary: dict, output_dir: Path) -> list[
             writer.writerow(columns)
             writer.writerows(zip(*[[na if v is None else v for v in col] for col in cells]))
         paths.append(path)
-    paths.append(atomic_write_json(output_dir / "group_brainage.json", summary))
+    described = {c: text for c, text in COLUMN_DESCRIPTIONS.items() if c in columns}
+    paths.append(atomic_write_json(output_dir / "group_brainage.json",
+                                   {**summary, "Columns": described}))
     return paths
 
 

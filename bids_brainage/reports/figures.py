@@ -25,7 +25,7 @@ def _writable_mpl_config() -> None:
     probe = folder
     while probe and not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    if not probe or not os.access(probe, os.W_OK):
+    if not probe or not os.path.isdir(probe) or not os.access(probe, os.W_OK):
         os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="bids_brainage-mpl-")
 
 
@@ -76,6 +76,8 @@ def resample_to(path, shape, affine, order: int = 0) -> np.ndarray:
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.ndim == 4:
         data = data[..., 0]
+    if data.shape == tuple(shape) and np.allclose(img.affine, affine, atol=1e-4):
+        return data  # already on the grid (the usual case): skip 10^7 interpolations
     to_source = np.linalg.inv(img.affine) @ affine
     return ndimage.affine_transform(data, to_source[:3, :3], offset=to_source[:3, 3],
                                     output_shape=tuple(shape), order=order, cval=0.0)

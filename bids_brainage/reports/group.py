@@ -18,7 +18,7 @@ LIST_LIMIT = 300
 
 def write_group_report(path, table: pd.DataFrame, summary: dict) -> Path:
     """Render the group report from ``group.analyse``'s table and summary, atomically."""
-    from bids_brainage.group import image_labels
+    from bids_brainage.cohort import image_labels
 
     models = list(summary["models"])
     spans = {name: _span(entry.get("training")) for name, entry in summary["models"].items()}
@@ -32,7 +32,8 @@ def write_group_report(path, table: pd.DataFrame, summary: dict) -> Path:
     html = render(
         GROUP, title="bids_brainage: group report", version=__version__,
         counts=summary["counts"], bias_fit=summary["bias_fit"], warnings=summary["warnings"],
-        models=summary["models"], figures=figures, figure_problems=problems,
+        models=summary["models"], notes=_model_notes(summary, spans),
+        figures=figures, figure_problems=problems,
         failed=summary["failed"], out_of_range=out_of_range,
         any_range=any(span is not None for span in spans.values()),
         without_age=summary["without_age"], missing=summary["missing"], limit=LIST_LIMIT,
@@ -40,8 +41,25 @@ def write_group_report(path, table: pd.DataFrame, summary: dict) -> Path:
     return atomic_write_text(path, html)
 
 
+def _model_notes(summary: dict, spans: dict) -> dict[str, dict]:
+    """One line each on the training ages and the bias line of every model."""
+    notes = {}
+    for name, entry in summary["models"].items():
+        coef = entry["bias_correction"]
+        if coef.get("slope") is not None:
+            bias = (f"predicted = {coef['slope']:.3f} x age + {coef['intercept']:.2f}, "
+                    f"from the {coef['source']}")
+            bias += f" ({coef['fitted_on']})" if coef.get("fitted_on") else ""
+        else:
+            bias = "none" + (f" ({coef['note']})" if coef.get("note") else "")
+        span = spans.get(name)
+        training = "unknown (not checked)" if span is None else f"{_span_text(span)} years"
+        notes[name] = {"training": training, "bias": bias}
+    return notes
+
+
 def _span(training: dict | None) -> tuple[float, float] | None:
-    from bids_brainage.group import training_range
+    from bids_brainage.cohort import training_range
 
     return training_range({"training": training}) if training else None
 

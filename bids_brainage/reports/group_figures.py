@@ -31,23 +31,26 @@ def predicted_vs_age_figure(table: pd.DataFrame, models: list[str],
         ax.scatter(age, predicted, c=colours, **POINT)
         outside = _outside(rows)
         if outside.any():
-            ax.scatter(age[outside], predicted[outside], s=36, facecolors="none",
-                       edgecolors="#d62728", linewidths=1.0,
+            ax.scatter(age[outside], predicted[outside], s=14, facecolors="none",
+                       edgecolors="#d62728", linewidths=0.6, rasterized=True,
                        label=f"outside training ages ({outside.sum()})")
         _reference_lines(ax, age, predicted, training.get(name))
-        for label, colour in legend.items():
-            ax.scatter([], [], color=colour, s=12, label=f"site {label}")
+        ax.add_artist(ax.legend(fontsize=7, loc="upper left", frameon=False))
+        if legend:
+            handles = [ax.scatter([], [], color=colour, s=12) for colour in legend.values()]
+            ax.legend(handles, [f"site {label}" for label in legend], fontsize=6,
+                      loc="lower right", ncol=2, frameon=False)
         ax.set_title(f"{name} (N = {age.size})")
         ax.set_xlabel("chronological age (years)")
         ax.set_ylabel("predicted age (years)")
-        ax.legend(fontsize=7, loc="upper left", frameon=False)
-        ax.set_aspect("equal", adjustable="datalim")
     return fig
 
 
 def _reference_lines(ax, age, predicted, span) -> None:
     values = np.concatenate([age, predicted]) if age.size else np.array([0.0, 100.0])
     low, high = float(values.min()) - 2, float(values.max()) + 2
+    ax.set_xlim(low, high)  # same limits on both axes: the identity line is the diagonal
+    ax.set_ylim(low, high)
     ax.plot([low, high], [low, high], color="black", linewidth=1, label="identity")
     if age.size >= 2 and np.ptp(age) > 0:
         slope, intercept = metrics.fit_age_bias(age, predicted)
@@ -95,7 +98,8 @@ def _box_by(ax, rows: pd.DataFrame, column: str) -> None:
     if not parts:
         ax.set_axis_off()
         return
-    ax.boxplot([p[1] for p in parts], tick_labels=[p[0] for p in parts], showfliers=False)
+    ax.boxplot([p[1] for p in parts], showfliers=False)
+    ax.set_xticks(range(1, len(parts) + 1), [p[0] for p in parts])  # any matplotlib >= 3.5
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("raw gap (years)")
     ax.set_title(f"by {column}")

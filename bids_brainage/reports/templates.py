@@ -20,7 +20,8 @@ h1 { font-size: 1.6rem; margin: 0; } h2 { border-bottom: 1px solid var(--line);
 nav a { margin-right: 1rem; }
 table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.9rem; }
 th, td { border: 1px solid var(--line); padding: 0.25rem 0.55rem; text-align: left; }
-th { background: #eef3f8; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #eef3f8; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.failed td, tr.unreadable td { color: var(--bad); }
 .alert { border-left: 5px solid var(--warn); background: #fff6e0; padding: 0.5rem 0.8rem;
          margin: 0.6rem 0; }
@@ -164,7 +165,8 @@ GROUP = METRIC_ROW + PAGE_HEAD + """<body>
 <h1>Brain-age group report</h1>
 <p class="meta">bids_brainage {{ version }} &middot; {{ counts.participants }} participants,
 {{ counts.images }} images &middot; {{ counts.images_failed }} failed,
-{{ counts.images_unreadable }} unreadable, {{ counts.images_without_age }} without an age,
+{{ counts.images_unreadable }} unreadable, {{ counts.images_without_prediction }} without a
+prediction, {{ counts.images_without_age }} without an age,
 {{ counts.participants_missing }} without any output</p>
 <nav><a href="#metrics">Metrics</a><a href="#figures">Figures</a><a href="#failed">Failed</a>
 <a href="#range">Outside training ages</a><a href="#unused">Without age / missing</a></nav>
@@ -181,8 +183,7 @@ correlation of predicted and chronological age (95 % CI by Fisher's z); r(gap, a
 the age bias the correction removes.</p>
 {% for name, model in models.items() %}
 <h3>{{ name }}</h3>
-<p class="meta">Training ages: {% if model.training and model.training.get('age_min') is not none %}{{ model.training.age_min }}&ndash;{{ model.training.age_max }} years{% else %}unknown (not checked){% endif %}.
-Bias correction: {% if model.bias_correction.slope is not none %}predicted = {{ model.bias_correction.slope | fmt(3) }} &times; age + {{ model.bias_correction.intercept | fmt(2) }}, from the {{ model.bias_correction.source }}{% if model.bias_correction.get('fitted_on') %} ({{ model.bias_correction.fitted_on }}){% endif %}{% else %}none{% if model.bias_correction.get('note') %} ({{ model.bias_correction.note }}){% endif %}{% endif %}.</p>
+<p class="meta">Training ages: {{ notes[name].training }}. Bias correction: {{ notes[name].bias }}.</p>
 <table>
 """ + METRIC_HEAD.replace("{{ first }}", "subset") + """
 {{ metric_row('all', model.overall) }}
@@ -198,7 +199,7 @@ Bias correction: {% if model.bias_correction.slope is not none %}predicted = {{ 
 <figcaption>{{ figure.caption }}</figcaption></figure>
 {% endfor %}
 {% for problem in figure_problems %}<div class="alert">{{ problem }}</div>{% endfor %}
-<h2 id="failed">Failed and unreadable images ({{ failed | length }})</h2>
+<h2 id="failed">Failed, unreadable or unpredicted images ({{ failed | length }})</h2>
 {% if failed %}
 <table><tr><th>image</th><th>status</th><th>reason</th><th>file</th></tr>
 {% for row in failed[:limit] %}<tr class="{{ row.status }}"><td>{{ row.image }}</td><td>{{ row.status }}</td>

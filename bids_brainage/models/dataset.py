@@ -7,7 +7,7 @@ the derivatives (N4 T1w × brain mask, the saved transform) with the same functi
 """
 from __future__ import annotations
 
-import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,21 +27,21 @@ class Subject:
 
 
 def find_subjects(derivatives_dir: Path, participants: dict[str, dict]) -> list[Subject]:
-    """Participants with an age whose participant-level outputs are complete (status ok)."""
+    """Participants with an age whose participant-level outputs are complete (status ok
+    in the ``_brainage.json`` sidecar; the TSV has no rows when no model ran)."""
     from bids_brainage.bids import participant_age
 
     subjects = []
-    for tsv in sorted(Path(derivatives_dir).glob("sub-*/**/anat/*_brainage.tsv")):
-        with tsv.open(newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        if not rows or rows[0].get("status") != "ok":
+    for sidecar in sorted(Path(derivatives_dir).glob("sub-*/**/anat/*_brainage.json")):
+        if json.loads(sidecar.read_text()).get("status") != "ok":
             continue
-        pid = rows[0]["participant_id"]
+        prefix = sidecar.name[: -len("_brainage.json")]
+        pid = prefix.split("_")[0]
         age = participant_age(participants.get(pid))
         if age is None:
             continue
         row = participants.get(pid, {})
-        subjects.append(Subject(pid, age, tsv.name[: -len("_brainage.tsv")], tsv.parent,
+        subjects.append(Subject(pid, age, prefix, sidecar.parent,
                                 row.get("sex", "n/a"), row.get("site", "n/a")))
     return subjects
 

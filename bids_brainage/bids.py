@@ -78,9 +78,13 @@ def validate_bids(bids_dir: Path, dataset_type: str | None = None) -> list[str]:
         raise BIDSError(f"the BIDS validator failed on {bids_dir}: {proc.stderr.strip()[:2000]}") from exc
     errors, warnings = [], []
     for issue in report.get("issues", {}).get("issues", []):
-        where = issue.get("location") or ""
-        text = f"{issue.get('code')}: {issue.get('issueMessage') or issue.get('subCode') or ''} {where}"
-        (errors if issue.get("severity") == "error" else warnings).append(text.strip())
+        code = issue.get("code", "?") + (f"/{issue['subCode']}" if issue.get("subCode") else "")
+        text = f"{code} {issue.get('location') or ''}".strip()
+        if issue.get("severity") == "error":
+            detail = (issue.get("issueMessage") or "").strip().splitlines()
+            errors.append(f"{text}: {detail[0]}" if detail else text)
+        else:
+            warnings.append(text)
     if errors:
         raise BIDSError(f"{bids_dir} is not a valid BIDS dataset:\n  " + "\n  ".join(errors[:50]))
     return warnings

@@ -20,7 +20,7 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
     mni_mask = File(exists=True, mandatory=True)
     model_dir = traits.Str("", usedefault=True, desc="empty: the bundled models")
     models = traits.List(traits.Str, desc="model names; empty: the card's defaults")
-    threads = traits.Int(1, usedefault=True)
+    threads = traits.Int(1, usedefault=True, nohash=True)
 
 
 class _PredictOutputSpec(TraitedSpec):

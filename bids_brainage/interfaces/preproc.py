@@ -78,7 +78,7 @@ class Conform(_TimedInterface):
 class _SkullStripInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     method = traits.Enum("auto", "deepbet", "none", usedefault=True)
-    threads = traits.Int(1, usedefault=True)
+    threads = traits.Int(1, usedefault=True, nohash=True)
 
 
 class _SkullStripOutputSpec(TraitedSpec):
@@ -142,7 +142,7 @@ class _N4InputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     in_mask = File(exists=True, mandatory=True)
     shrink = traits.Int(4, usedefault=True)
-    threads = traits.Int(1, usedefault=True)
+    threads = traits.Int(1, usedefault=True, nohash=True)
 
 
 class _N4OutputSpec(TraitedSpec):
@@ -175,7 +175,7 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     in_brain = File(exists=True, mandatory=True)
     in_mask = File(exists=True, mandatory=True)
     method = traits.Enum("affine", "syn", usedefault=True)
-    threads = traits.Int(1, usedefault=True)
+    threads = traits.Int(1, usedefault=True, nohash=True)
 
 
 class _RegisterOutputSpec(TraitedSpec):

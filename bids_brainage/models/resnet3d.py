@@ -75,7 +75,7 @@ def downsample_block(x: np.ndarray, factor: int) -> np.ndarray:
     >>> downsample_block(np.ones((3, 4, 4), np.float32), 2)[:, 0, 0].tolist()
     [1.0, 0.5]
     """
-    x = np.asarray(x, np.float32)
+    x = np.ascontiguousarray(x, np.float32)
     if factor > 1:
         padded = np.zeros([int(math.ceil(s / factor)) * factor for s in x.shape], np.float32)
         padded[: x.shape[0], : x.shape[1], : x.shape[2]] = x
@@ -350,15 +350,21 @@ def train_resnet(x_train, y_train, x_val=None, y_val=None, *, depth: int, width:
     return net, history
 
 
-def predict_batch(net, x, mean: float, std: float, batch_size: int = 4) -> np.ndarray:
-    """Ages in years for a stack of inputs ``(N, X, Y, Z)`` (eval mode, no gradients)."""
+def predict_batch(net, x, mean: float, std: float, batch_size: int = 4,
+                  flip: bool = False) -> np.ndarray:
+    """Ages in years for a stack of inputs ``(N, X, Y, Z)`` (eval mode, no gradients);
+    ``flip`` averages each input's prediction with its left-right mirror image's."""
     torch = _torch()
     net.eval()
-    x = np.asarray(x, np.float32)
+    x = np.ascontiguousarray(x, np.float32)
     out = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            out.append(net(torch.from_numpy(x[i:i + batch_size][:, None])).squeeze(1).numpy())
+            xb = torch.from_numpy(x[i:i + batch_size][:, None])
+            pred = net(xb).squeeze(1)
+            if flip:
+                pred = (pred + net(torch.flip(xb, dims=[2])).squeeze(1)) / 2
+            out.append(pred.numpy())
     return np.concatenate(out).astype(np.float64) * std + mean
 
 
@@ -402,21 +408,30 @@ def load_resnet(path: Path | str, card: dict):
 
 
 def predict_volume(net, x: np.ndarray, *, threads: int, card: dict) -> float:
-    """Age in years for one input from :func:`crop_to_grid` (shape checked against the card)."""
+    """Age in years for one input from :func:`crop_to_grid` (shape checked against the card).
+
+    With ``card["inference"]["flip"]`` the prediction is the mean over the input and its
+    left-right mirror image (the crop is centred on the mid-sagittal plane).
+    """
     torch = _torch()
-    x = np.asarray(x, np.float32)
+    x = np.ascontiguousarray(x, np.float32)
     expected = input_shape(card.get("input", {}))
     if x.shape != expected:
         raise ValueError(f"model {card.get('name')!r} expects input {expected}, got {x.shape}")
     target = card["target"]
-    with torch_settings(threads), torch.inference_mode():
-        out = float(net.eval()(torch.from_numpy(x)[None, None]).reshape(()))
-    return out * float(target["std"]) + float(target["mean"])
+    flip = bool((card.get("inference") or {}).get("flip", False))
+    with torch_settings(threads):
+        out = predict_batch(net, x[None], float(target["mean"]), float(target["std"]),
+                            flip=flip)
+    return float(out[0])
 
 
 def resnet_card(name: str, depth: int, width: int, spec: dict, target_mean: float,
-                target_std: float, **architecture_args) -> dict:
+                target_std: float, flip_average: bool = False, **architecture_args) -> dict:
     """The card fragment of a ResNet (the training command adds file, sha256 and metrics).
+
+    ``flip_average`` makes prediction average the input and its mirror image (twice the
+    cost); ``architecture_args`` beyond depth and width go to :func:`build_resnet`.
 
     >>> card = resnet_card("resnet34", 34, 16, image_spec(), 50.0, 15.0)
     >>> card["architecture"], card["architecture_args"], card["input"]["crop"]["size"]
@@ -433,4 +448,5 @@ def resnet_card(name: str, depth: int, width: int, spec: dict, target_mean: floa
                   "crop": spec.get("crop") or dict(DEFAULT_CROP),
                   "downsample": int(spec.get("downsample", 1))},
         "target": {"mean": float(target_mean), "std": float(target_std)},
+        "inference": {"flip": bool(flip_average)},
     }

@@ -54,6 +54,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--resnet-epochs", type=int, default=40)
     p.add_argument("--resnet-batch-size", type=int, default=8)
     p.add_argument("--resnet-lr", type=float, default=1e-3)
+    p.add_argument("--resnet-downsample", type=int, default=2,
+                   help="block-average the 2 mm input by this factor (2: 4 mm voxels)")
+    p.add_argument("--resnet-flip-average", action="store_true",
+                   help="predict as the mean over the brain and its mirror image")
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--skip-bids-validation", action="store_true")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -139,23 +143,33 @@ def train_forest_model(x, ages, split, folds, args):
 
 
 def train_resnet_model(x, ages, split, args) -> tuple[dict, object, np.ndarray, dict]:
-    """Fit on train with validation monitoring; returns metrics, net, predictions, card."""
+    """Fit on train (validation only monitored: no early stopping on it); returns metrics,
+    the net, predictions for everyone and the card fragment."""
     from bids_brainage.models import resnet3d
 
     train, val = split == "train", split == "val"
-    mean, std = float(ages[train].mean()), float(ages[train].std())
     net, history = resnet3d.train_resnet(
-        x[train], (ages[train] - mean) / std, x[val], (ages[val] - mean) / std,
+        x[train], ages[train], x[val], ages[val],
         depth=args.resnet_depth, width=args.resnet_width, epochs=args.resnet_epochs,
         batch_size=args.resnet_batch_size, lr=args.resnet_lr, seed=args.random_seed,
         augment=resnet3d.DEFAULT_AUGMENT if args.augment else {}, threads=args.nprocs,
+        val_every=10,
     )
-    card = resnet3d.resnet_card(f"resnet{args.resnet_depth}", args.resnet_depth,
-                                args.resnet_width, resnet3d.DEFAULT_SPEC, mean, std)
+    card = resnet3d.resnet_card(
+        f"resnet{args.resnet_depth}", args.resnet_depth, args.resnet_width,
+        resnet_spec(args), history["target_mean"], history["target_std"],
+        flip_average=args.resnet_flip_average,
+    )
+    card["training_params"] = history["params"]
     predicted = np.array([resnet3d.predict_volume(net, xi, threads=args.nprocs, card=card)
                           for xi in x])
-    return {"history": history}, net, predicted, card
+    return {}, net, predicted, card
 
+
+def resnet_spec(args) -> dict:
+    from bids_brainage.models import resnet3d
+
+    return resnet3d.image_spec(downsample=args.resnet_downsample)
 
 def _versions() -> dict:
     import sklearn
@@ -285,7 +299,7 @@ def run(args) -> int:
     if resnet_names:
         from bids_brainage.models import resnet3d
 
-        x = build_inputs(subjects, resnet3d.DEFAULT_SPEC)
+        x = build_inputs(subjects, resnet_spec(args))
         extra, net, predicted, card = train_resnet_model(x, ages, split, args)
         resnet3d.save_resnet(net, model_dir / f"{card['name']}.pt")
         card.update(file=f"{card['name']}.pt", **common, validation=extra)

@@ -39,7 +39,7 @@ class Settings:
         output_dir = Path(args.output_dir).expanduser().resolve()
         work_dir = (
             Path(args.work_dir).expanduser().resolve() if args.work_dir
-            else output_dir.parent / "bids_brainage_work"
+            else default_work_dir(output_dir)
         )
         nprocs = max(1, args.nprocs)
         omp = args.omp_nthreads or min(nprocs, 8)
@@ -99,6 +99,23 @@ class Settings:
             "OPENBLAS_NUM_THREADS": n,
             "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": n,
         }
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def default_work_dir(output_dir: Path) -> Path:
+    """``output_dir/../bids_brainage_work``; where that cannot be written (a container's
+    ``/out`` mount has an unwritable parent), a folder in the temporary directory."""
+    import tempfile
+
+    preferred = output_dir.parent / "bids_brainage_work"
+    if os.access(_nearest_existing(preferred), os.W_OK):
+        return preferred
+    return Path(tempfile.gettempdir()) / f"bids_brainage_work_{os.getuid()}"
 
 
 def apply_thread_environment(settings: Settings) -> None:

@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     from bids_brainage.config import Settings, apply_thread_environment
 
     settings = Settings.from_args(args)
+    if args.work_dir is None and settings.work_dir.parent != settings.output_dir.parent:
+        LOG.warning("no --work-dir and %s is not writable: intermediate results go to %s "
+                    "(give -w to keep them and resume)", settings.output_dir.parent,
+                    settings.work_dir)
     code = check_paths(settings)
     if code is not None:
         return code

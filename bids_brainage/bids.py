@@ -55,7 +55,13 @@ class T1wImage:
 
 
 def _validator_command() -> list[str] | None:
-    exe = shutil.which("bids-validator-deno") or shutil.which("bids-validator")
+    """The validator beside this interpreter (a venv run without activating it), else on PATH."""
+    import sys
+
+    here = Path(sys.executable).parent / "bids-validator-deno"
+    if here.exists():
+        return [str(here)]
+    exe = shutil.which("bids-validator-deno")
     return [exe] if exe else None
 
 

@@ -1,0 +1,1 @@
+mkdir -p out; bids_brainage examples/ds-ixi3 out group --normalization gmm --skull-strip auto --registration affine --bias-fit cohort

@@ -1,0 +1,1 @@
+mkdir -p out; bids_brainage examples/ds-ixi3 out participant --participant-label IXI095 sub-IXI161 --session-label 1 --skip-bids-validation --nprocs 2 --omp-nthreads 1 --work-dir /scratch/work --normalization zscore --skull-strip deepbet --registration syn --models rf,resnet34 --model-dir /models/brainage-site-a --bias-fit model -vv --no-report

@@ -59,6 +59,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--resnet-flip-average", action="store_true",
                    help="predict as the mean over the brain and its mirror image")
     p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--robustness", type=int, default=0, metavar="N",
+                   help="test the models on N validation participants changed as datasets "
+                        "change them (stripped, 1 mm, gamma, x10, bias); models whose mean "
+                        "change reaches 2 years leave the default ensemble")
+    p.add_argument("--reference-masks", type=Path, default=None,
+                   help="derivatives holding sub-*/anat/*_desc-brain_mask.nii.gz for the "
+                        "skull-stripped variant (default: the pipeline's own masks)")
+    p.add_argument("--skip-training", action="store_true",
+                   help="reuse the models in MODEL_DIR (e.g. to run --robustness alone)")
     p.add_argument("--skip-bids-validation", action="store_true")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
@@ -270,6 +279,18 @@ def run(args) -> int:
     LOG.info("%d participants: %s", len(ages),
              {k: int((split == k).sum()) for k in ("train", "val", "test")})
     names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if args.skip_training:
+        from bids_brainage.models.registry import load_cards
+
+        cards = [{k: v for k, v in c.items() if k != "_dir"}
+                 for c in load_cards(model_dir).values()]
+        val_predictions = {c["name"]: predict_subjects(dict(c, _dir=str(model_dir)), subjects,
+                                                       args.nprocs)
+                           for c in cards if c.get("kind") != "ensemble"}
+        apply_robustness(cards, subjects, ages, split, val_predictions, derivatives, args,
+                         model_dir, work_dir)
+        write_models(model_dir, cards)
+        return 0
     common = {
         "version": __version__,
         "training": training_card(subjects, ages, split, args, excluded),
@@ -308,11 +329,10 @@ def run(args) -> int:
     if len(val_predictions) > 1:
         val = split == "val"
         weights = ensemble_weights({n: p[val] for n, p in val_predictions.items()}, ages[val])
-        predicted = sum(w * val_predictions[n] for n, w in weights.items())
-        card = {"name": "ensemble", "kind": "ensemble", "members": weights, "intercept": 0.0,
-                "architecture": "convex combination, weights minimising validation MAE",
-                **common}
-        cards.append(calibrate(card, predicted, ages, split))
+        cards.append(ensemble_card(weights, val_predictions, ages, split, {**common}))
+    if args.robustness:
+        apply_robustness(cards, subjects, ages, split, val_predictions, derivatives, args,
+                         model_dir, work_dir)
     path = write_models(model_dir, cards)
     for card in cards:
         v = card["validation"]
@@ -321,6 +341,72 @@ def run(args) -> int:
                  v["train_mean_baseline_test_mae"])
     LOG.info("wrote %s", path)
     return 0
+
+
+def predict_subjects(card: dict, subjects, threads: int) -> np.ndarray:
+    """A model's predictions for every subject, through the prediction code path."""
+    from bids_brainage.models.dataset import build_inputs
+    from bids_brainage.models.predict import load_predictor
+
+    x = build_inputs(subjects, card.get("input", {}))
+    predictor = load_predictor(card, threads)
+    return np.array([predictor(xi) for xi in x])
+
+
+def ensemble_card(weights: dict[str, float], predictions: dict[str, np.ndarray], ages, split,
+                  template: dict) -> dict:
+    predicted = sum(w * predictions[n] for n, w in weights.items())
+    card = {"name": "ensemble", "kind": "ensemble", "members": weights, "intercept": 0.0,
+            "architecture": "convex combination, weights minimising validation MAE",
+            **{k: template[k] for k in ("version", "training", "preprocessing", "versions",
+                                        "date", "command", "licence") if k in template}}
+    return calibrate(card, predicted, ages, split)
+
+
+def apply_robustness(cards, subjects, ages, split, predictions, derivatives, args, model_dir,
+                     work_dir) -> None:
+    """Measure each model on changed copies of validation brains; keep only robust models
+    (every mean |change| < 2 years) in the default ensemble; say why in the others' cards."""
+    from bids_brainage.models.robustness import ROBUST_LIMIT, evaluate, robust_models
+
+    write_models(model_dir, cards)  # the variants run through the app with these models
+    val = [s for s, k in zip(subjects, split) if k == "val"][: args.robustness]
+    images = {}
+    for s in val:
+        t1w = sorted((args.bids_dir / s.participant_id).rglob(f"{s.prefix}_T1w.nii*"))[0]
+        masks = args.reference_masks or derivatives
+        found = sorted(Path(masks).glob(f"{s.participant_id}/**/{s.prefix}*_desc-brain_mask.nii*"))
+        images[s.participant_id.removeprefix("sub-")] = (t1w, found[0] if found else None)
+    changes = evaluate(model_dir, images, work_dir / "robustness", args.nprocs)
+    reasons = robust_models({m: c for m, c in changes.items() if m != "ensemble"})
+    for card in cards:
+        name = card["name"]
+        card["robustness"] = {
+            "mean_abs_change_years": changes.get(name, {}), "limit_years": ROBUST_LIMIT,
+            "participants": [f"sub-{x}" for x in images], "split": "validation",
+            "mask_for_stripped_variant": "reference" if args.reference_masks else "pipeline",
+        }
+        if card.get("kind") == "ensemble":
+            continue
+        card["default"] = reasons.get(name) is None
+        if reasons.get(name):
+            card["not_default_because"] = reasons[name]
+    robust = [c["name"] for c in cards if c.get("kind") != "ensemble" and c["default"]]
+    others = [c for c in cards if c.get("kind") != "ensemble"]
+    template = others[0]
+    cards[:] = others
+    if robust:
+        val = split == "val"
+        weights = ensemble_weights({n: predictions[n][val] for n in robust}, ages[val])
+        card = ensemble_card(weights, predictions, ages, split, template)
+        card["robustness"] = {
+            "mean_abs_change_years_bound": {
+                v: round(sum(w * changes[m][v] for m, w in weights.items()), 3)
+                for v in changes[robust[0]]},
+            "note": "weighted sum of the members' changes, an upper bound of the ensemble's",
+            "limit_years": ROBUST_LIMIT,
+        }
+        cards.append(card)
 
 
 def main(argv=None) -> int:

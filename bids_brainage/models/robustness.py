@@ -119,3 +119,43 @@ def prediction_changes(predictions: dict[str, dict[str, float]], labels,
                 if model in base:
                     out.setdefault(model, {}).setdefault(variant, []).append(abs(age - base[model]))
     return {m: {v: round(float(np.mean(d)), 3) for v, d in vs.items()} for m, vs in out.items()}
+
+
+ROBUST_LIMIT = 2.0  # years: the largest mean |change| a default model may show
+
+
+def evaluate(model_dir: Path, images: dict[str, tuple[Path, Path | None]], work: Path,
+             nprocs: int = 2) -> dict[str, dict[str, float]]:
+    """Run every model of ``model_dir`` on the variants of ``images``; the mean |change|."""
+    import csv
+
+    from bids_brainage.cli.run import main as app
+
+    data = write_variant_dataset(images, Path(work) / "variants")
+    out = Path(work) / "variants_out"
+    app([str(data), str(out), "participant", "-w", str(Path(work) / "variants_work"),
+         "--nprocs", str(nprocs), "--skip-bids-validation", "--no-report", "--models", "all",
+         "--model-dir", str(model_dir)])
+    predictions: dict[str, dict[str, float]] = {}
+    for tsv in out.glob("sub-*/anat/*_brainage.tsv"):
+        with tsv.open() as fh:
+            for row in csv.DictReader(fh, delimiter="\t"):
+                if row["status"] == "ok":
+                    predictions.setdefault(row["participant_id"], {})[row["model"]] = float(
+                        row["predicted_age"])
+    return prediction_changes(predictions, list(images))
+
+
+def robust_models(changes: dict[str, dict[str, float]], limit: float = ROBUST_LIMIT):
+    """``{model: reason or None}``: None for models whose every change stays below ``limit``.
+
+    >>> robust_models({"rf": {"gam08": 5.2, "res1": 0.4}, "cnn": {"gam08": 0.9}})
+    {'rf': 'mean |change| of 5.2 y (>= 2.0) for gam08: gamma 0.8', 'cnn': None}
+    """
+    out = {}
+    for model, by_variant in changes.items():
+        worst = max(by_variant, key=by_variant.get)
+        out[model] = (None if by_variant[worst] < limit else
+                      f"mean |change| of {by_variant[worst]:.1f} y (>= {limit}) for "
+                      f"{worst}: {VARIANTS[worst]}")
+    return out

@@ -1,0 +1,74 @@
+"""The training command on a small real subset: it trains, its model directory loads and
+predicts, it is deterministic, and altered weights are refused."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bids_brainage.cli.run import main as app
+from bids_brainage.models.registry import ModelError, load_cards, verified_file
+from bids_brainage.train import main as train
+from conftest import EXAMPLE
+
+pytestmark = pytest.mark.slow
+SUBSET = ["IXI012", "IXI015", "IXI034", "IXI039", "IXI052", "IXI056", "IXI057", "IXI079",
+          "IXI092", "IXI093", "IXI127", "IXI130"]
+TINY = ["--models", "rf,resnet34", "--rf-trees", "50", "--folds", "3", "--resnet-depth", "10",
+        "--resnet-width", "4", "--resnet-epochs", "2", "--resnet-batch-size", "4",
+        "--nprocs", "2"]
+
+
+@pytest.fixture(scope="module")
+def trained(ixi_pool, tmp_path_factory):
+    """Preprocess 12 pool participants once and train tiny models on them twice."""
+    base = tmp_path_factory.mktemp("train")
+    first = base / "models_a"
+    assert train([str(ixi_pool), str(first), "-w", str(base / "work"),
+                  "--participant-label", *SUBSET, *TINY]) == 0
+    second = base / "models_b"
+    assert train([str(ixi_pool), str(second), "--derivatives",
+                  str(base / "work" / "derivatives"), "--participant-label", *SUBSET,
+                  *TINY]) == 0
+    return first, second
+
+
+def test_training_writes_a_model_card_with_metrics(trained):
+    cards = load_cards(trained[0])
+    assert set(cards) == {"rf", "resnet10", "ensemble"}
+    for card in cards.values():
+        assert card["training"]["n"] == len(SUBSET)
+        assert card["training"]["split_seed"] == 20240
+        assert {"val", "test"} <= set(card["validation"])
+        assert card["interval"]["halfwidth"] > 0
+        assert "slope" in card["bias_correction"]
+    assert cards["rf"]["validation"]["cv"]["n"] > 0
+    assert sorted(cards["ensemble"]["members"]) == ["resnet10", "rf"]
+
+
+def test_same_seed_gives_identical_models(trained):
+    a, b = (json.loads((d / "models.json").read_text())["models"] for d in trained)
+    assert [c["sha256"] for c in a if "sha256" in c] == [c["sha256"] for c in b if "sha256" in c]
+
+
+def test_trained_directory_predicts_on_the_example(trained, example_run, tmp_path):
+    _, _, work = example_run
+    out = tmp_path / "out"
+    assert app([str(EXAMPLE), str(out), "participant", "-w", str(work), "--nprocs", "2",
+                "--model-dir", str(trained[0]), "--models", "all", "--no-report"]) == 0
+    rows = (out / "sub-IXI095/anat/sub-IXI095_brainage.tsv").read_text().splitlines()
+    models = [line.split("\t")[3] for line in rows[1:]]
+    assert models == ["rf", "resnet10", "ensemble"]
+
+
+def test_corrupted_weights_are_refused(trained, tmp_path):
+    copy = tmp_path / "models"
+    shutil.copytree(trained[0], copy)
+    card = load_cards(copy)["resnet10"]
+    weights = copy / card["file"]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        verified_file(card)

@@ -88,8 +88,10 @@ def run_participant(settings, *, predict: bool = True) -> int:
     from bids_brainage.workflows.participant import init_participant_wf
 
     workflow = init_participant_wf(images=images, settings=settings, ages=ages, predict=predict)
+    # forkserver: a forked worker of a process that already ran torch/OpenMP threads (a test
+    # session, the training command) can hang on its first parallel operation
     plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False,
-                   "maxtasksperchild": 1000}
+                   "maxtasksperchild": 1000, "mp_context": "forkserver"}
     try:
         workflow.run(plugin="MultiProc" if settings.nprocs > 1 else "Linear",
                      plugin_args=plugin_args)

@@ -393,6 +393,15 @@ def apply_robustness(cards, subjects, ages, split, predictions, derivatives, arg
             card["not_default_because"] = reasons[name]
     robust = [c["name"] for c in cards if c.get("kind") != "ensemble" and c["default"]]
     others = [c for c in cards if c.get("kind") != "ensemble"]
+    if not robust:
+        # nothing meets the limit: keep every model (and their ensemble) rather than none,
+        # and say so in each card; the figures stay in "robustness"
+        LOG.warning("no model's changes stay below %.1f years; all stay in the default set",
+                    ROBUST_LIMIT)
+        for card in others:
+            card["default"] = True
+            card["robustness_warning"] = card.pop("not_default_because")
+        robust = [c["name"] for c in others]
     template = others[0]
     cards[:] = others
     if robust:

@@ -29,7 +29,7 @@ def test_variants_change_what_they_claim():
     stripped = make_variant(img, "strip", mask).get_fdata()
     assert not stripped[~mask].any() and np.allclose(stripped[mask], data[mask])
     field = make_variant(img, "bias").get_fdata() / data
-    assert 0.6 < field.min() < field.max() < 1.6
+    assert 0.5 < field.min() < field.max() < 1.6  # about ±30 % and more at the corners
 
 
 @pytest.mark.slow

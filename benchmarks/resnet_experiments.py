@@ -197,8 +197,9 @@ def train(args) -> None:
 
 def robustness(args) -> None:
     """Prediction change on ``val`` brains under contrast changes applied to the MNI brain
-    before normalisation: gamma 0.8 / 1.25, ×10 intensity, a smooth ±20 % bias field (applied
-    after N4, so harsher than a field in the raw scan that N4 would mostly remove)."""
+    before normalisation: gamma 0.8 / 1.25, ×10 intensity, a smooth bias field of 0.84-1.43
+    over the grid (applied after N4, so harsher than a field in the raw scan, which N4 would
+    mostly remove)."""
     import torch
 
     from bids_brainage.bids import read_participants

@@ -17,12 +17,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
-from scipy import ndimage
+
+from bids_brainage.models.robustness import upsample_to_1mm
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "ds-ixi3"
@@ -38,13 +37,7 @@ def make_dataset(folder: Path, subject: str, one_mm: bool) -> Path:
     if not one_mm:
         shutil.copy(src, dst)
         return folder
-    img = nib.load(src)
-    data = img.get_fdata(dtype=np.float32)
-    grid = np.meshgrid(*[np.arange(2 * n) * 0.5 - 0.25 for n in data.shape], indexing="ij")
-    fine = ndimage.map_coordinates(data, grid, order=3, mode="nearest")
-    to_old = np.diag([0.5, 0.5, 0.5, 1.0])
-    to_old[:3, 3] = -0.25
-    nib.save(nib.Nifti1Image(np.clip(fine, 0, None).astype(np.float32), img.affine @ to_old), dst)
+    upsample_to_1mm(nib.load(src)).to_filename(str(dst))
     return folder
 
 

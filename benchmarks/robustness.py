@@ -11,40 +11,14 @@ variant. Writes the table as JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 from pathlib import Path
 
-from bids_brainage.cli.run import main as app
-from bids_brainage.models.registry import load_cards
-from bids_brainage.models.robustness import VARIANTS, prediction_changes, write_variant_dataset
+from bids_brainage.models.registry import load_cards, model_dir_or_default
+from bids_brainage.models.robustness import VARIANTS, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(pool: Path, labels: list[str], model_dir, work: Path, nprocs: int) -> dict:
-    images = {}
-    for label in labels:
-        sub = f"sub-{label}"
-        mask = pool / "derivatives" / "dlmuse" / sub / "anat" / f"{sub}_desc-brain_mask.nii.gz"
-        images[label] = (pool / sub / "anat" / f"{sub}_T1w.nii.gz", mask if mask.exists() else None)
-    data = write_variant_dataset(images, work / "data")
-    out = work / "out"
-    argv = [str(data), str(out), "participant", "-w", str(work / "work"), "--nprocs",
-            str(nprocs), "--skip-bids-validation", "--no-report", "--models", "all"]
-    if model_dir:
-        argv += ["--model-dir", str(model_dir)]
-    code = app(argv)
-    predictions = {}
-    for tsv in out.glob("sub-*/anat/*_brainage.tsv"):
-        with tsv.open() as fh:
-            for row in csv.DictReader(fh, delimiter="\t"):
-                if row["status"] == "ok":
-                    predictions.setdefault(row["participant_id"], {})[row["model"]] = float(
-                        row["predicted_age"])
-    return {"exit_code": code, "labels": labels, "predictions": predictions,
-            "changes": prediction_changes(predictions, labels)}
 
 
 def main() -> None:
@@ -57,16 +31,22 @@ def main() -> None:
     args = parser.parse_args()
     cards = load_cards(args.model_dir)
     val = next(c["training"]["val_participants"] for c in cards.values() if "training" in c)
-    labels = [pid.removeprefix("sub-") for pid in val[: args.n]]
+    images = {}
+    for pid in val[: args.n]:
+        mask = args.pool / "derivatives" / "dlmuse" / pid / "anat" / f"{pid}_desc-brain_mask.nii.gz"
+        images[pid.removeprefix("sub-")] = (args.pool / pid / "anat" / f"{pid}_T1w.nii.gz",
+                                            mask if mask.exists() else None)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.pool, labels, args.model_dir, Path(tmp), args.nprocs)
-    print(f"validation participants: {', '.join(labels)} (exit code {result['exit_code']})")
+        changes = evaluate(model_dir_or_default(args.model_dir), images, Path(tmp), args.nprocs)
+    print(f"validation participants: {', '.join(images)}")
     variants = [v for v in VARIANTS if v != "orig"]
     print(f"{'model':<10}" + "".join(f"{v:>9}" for v in variants) + "   (mean |change|, years)")
-    for model, changes in sorted(result["changes"].items()):
-        print(f"{model:<10}" + "".join(f"{changes.get(v, float('nan')):9.2f}" for v in variants))
+    for model, by_variant in sorted(changes.items()):
+        print(f"{model:<10}" + "".join(f"{by_variant.get(v, float('nan')):9.2f}"
+                                       for v in variants))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps({"participants": list(images), "changes": changes},
+                                        indent=2))
 
 
 if __name__ == "__main__":

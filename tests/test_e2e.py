@@ -83,7 +83,9 @@ def test_sidecar_records_models_settings_timings(example_run):
 
 def test_outputs_pass_the_bids_validator_as_a_derivative_dataset(example_run):
     _, out, _ = example_run
-    proc = subprocess.run(["bids-validator-deno", "--format", "json", str(out)],
+    from bids_brainage.bids import _validator_command
+
+    proc = subprocess.run(_validator_command() + ["--format", "json", str(out)],
                           capture_output=True, text=True)
     issues = json.loads(proc.stdout)["issues"]["issues"]
     errors = [i for i in issues if i["severity"] == "error"]

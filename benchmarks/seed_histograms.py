@@ -18,7 +18,7 @@ import numpy as np
 from bids_brainage.bids import read_participants
 from bids_brainage.models.dataset import build_inputs, find_subjects
 from bids_brainage.models.forest import train_forest
-from bids_brainage.splits import DEFAULT_SEED, stratified_assign
+from bids_brainage.splits import DEFAULT_SEED, SPLIT_FRACTIONS, stratified_assign
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_DIR = ROOT.parent / "shared" / "data" / "seed-histograms"
@@ -61,7 +61,7 @@ def main() -> None:
     subjects = find_subjects(args.derivatives, read_participants(args.pool))
     ids = [s.participant_id.removeprefix("sub-") for s in subjects]
     ages = np.array([s.age for s in subjects])
-    split = stratified_assign(ages, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=args.seed)
+    split = stratified_assign(ages, SPLIT_FRACTIONS, seed=args.seed)
     results = {}
     for ours_norm, rep_name in (("gmm", "rep2"), ("twopoint", "rep4")):
         spec = {"feature": "histogram", "normalization": ours_norm, "bins": 100}

@@ -118,6 +118,14 @@ def participant_age(row: dict[str, str] | None) -> float | None:
     return age if age == age else None
 
 
+def _require_known(kind: str, requested, available, where: str = "") -> None:
+    """Raise :class:`NoMatchError` listing the available labels if any requested is unknown."""
+    missing = sorted(set(requested) - set(available))
+    if missing:
+        raise NoMatchError(f"{kind} label(s) not found{where}: {', '.join(missing)}. "
+                           f"Available: {', '.join(available) or 'none'}")
+
+
 def find_t1w(bids_dir: Path, participant_label=(), session_label=(),
              database_path: Path | None = None) -> list[T1wImage]:
     """Every T1w image of the selected participants and sessions, found with pybids.
@@ -132,23 +140,12 @@ def find_t1w(bids_dir: Path, participant_label=(), session_label=(),
         kwargs.update(database_path=str(database_path), reset_database=True)
     layout = BIDSLayout(str(bids_dir), **kwargs)
     subjects = sorted(layout.get_subjects())
-    missing = sorted(set(participant_label) - set(subjects))
-    if missing:
-        raise NoMatchError(
-            f"participant label(s) not found in {bids_dir}: {', '.join(missing)}. "
-            f"Available: {', '.join(subjects) or 'none'}"
-        )
+    _require_known("participant", participant_label, subjects, f" in {bids_dir}")
     query = {"suffix": "T1w", "datatype": "anat", "extension": [".nii", ".nii.gz"]}
     if participant_label:
         query["subject"] = list(participant_label)
     if session_label:
-        sessions = sorted(layout.get_sessions())
-        unknown = sorted(set(session_label) - set(sessions))
-        if unknown:
-            raise NoMatchError(
-                f"session label(s) not found: {', '.join(unknown)}. "
-                f"Available: {', '.join(sessions) or 'none'}"
-            )
+        _require_known("session", session_label, sorted(layout.get_sessions()))
         query["session"] = list(session_label)
     images = []
     for f in layout.get(**query):

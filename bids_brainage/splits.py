@@ -11,6 +11,8 @@ DEFAULT_SEED = 20240
 # test 20 %, validation 20 % (for ensemble weights, bias fit and conformal intervals)
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
+SPLIT_FRACTIONS = {"train": 1 - TEST_FRACTION - VAL_FRACTION, "val": VAL_FRACTION,
+                   "test": TEST_FRACTION}
 
 
 def stratified_assign(ages, fractions: dict[str, float], seed: int = DEFAULT_SEED) -> np.ndarray:

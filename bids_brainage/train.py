@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_brainage import __version__
-from bids_brainage.splits import DEFAULT_SEED, TEST_FRACTION, VAL_FRACTION
+from bids_brainage.splits import DEFAULT_SEED, SPLIT_FRACTIONS
 
 LOG = logging.getLogger("bids_brainage.train")
 FOREST_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": 100,
@@ -231,8 +231,7 @@ def training_card(subjects, ages, split, args, excluded) -> dict:
         "n_test": int((split == "test").sum()),
         "age_min": round(float(ages.min()), 2), "age_max": round(float(ages.max()), 2),
         "sites": sites, "split_seed": args.random_seed,
-        "split": {"train": 1 - TEST_FRACTION - VAL_FRACTION, "val": VAL_FRACTION,
-                  "test": TEST_FRACTION, "stratified_by": "age"},
+        "split": {**SPLIT_FRACTIONS, "stratified_by": "age"},
         "excluded_participants": sorted(excluded),
         "val_participants": sorted(s.participant_id for s, k in zip(subjects, split)
                                    if k == "val"),
@@ -272,9 +271,7 @@ def run(args) -> int:
                   len(subjects))
         return 1
     ages = np.array([s.age for s in subjects])
-    split = stratified_assign(ages, {"train": 1 - TEST_FRACTION - VAL_FRACTION,
-                                     "val": VAL_FRACTION, "test": TEST_FRACTION},
-                              seed=args.random_seed)
+    split = stratified_assign(ages, SPLIT_FRACTIONS, seed=args.random_seed)
     LOG.info("%d participants: %s", len(ages),
              {k: int((split == k).sum()) for k in ("train", "val", "test")})
     names = [n.strip() for n in args.models.split(",") if n.strip()]

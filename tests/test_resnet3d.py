@@ -124,6 +124,13 @@ def test_save_load_round_trip_predicts_the_same(tmp_path):
     assert both == pytest.approx((age + mirrored) / 2, abs=1e-4)
 
 
+def test_equal_weights_give_byte_identical_files(tmp_path):
+    net = resnet3d.build_resnet(10, 4)
+    a = resnet3d.save_resnet(net, tmp_path / "a" / "resnet10.pt")
+    b = resnet3d.save_resnet(net, tmp_path / "b" / "resnet10.pt")
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_load_reads_tensors_only(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"conv": torch.zeros(1), "payload": ModelError("pickled object")}, path)

@@ -370,12 +370,21 @@ def predict_batch(net, x, mean: float, std: float, batch_size: int = 4,
 
 # ----------------------------------------------------------------------------- files and cards
 def save_resnet(model, path: Path | str) -> Path:
-    """Write the model's state_dict atomically (no pickled code: loadable with weights_only)."""
+    """Write the model's state_dict atomically (no pickled code: loadable with weights_only).
+
+    Saved through a buffer: ``torch.save`` to a path names the zip's folder after the file,
+    and the atomic write's temporary name is random, so equal weights gave unequal files
+    (and sha256s). From a buffer the folder is always ``archive``.
+    """
+    import io
+
     torch = _torch()
     from bids_brainage.io import atomic_path
 
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        Path(tmp).write_bytes(buffer.getvalue())
     return Path(path)
 
 

@@ -24,6 +24,7 @@ from bids_brainage.splits import DEFAULT_SEED, SPLIT_FRACTIONS
 LOG = logging.getLogger("bids_brainage.train")
 FOREST_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": 100,
                 "region": "template", "erode": 2}
+MORPH_INPUT = {"feature": "morphometry", "region": "template", "erode": 2}
 INTERVAL_LEVEL = 0.9
 
 
@@ -39,7 +40,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="reuse participant-level outputs of bids_brainage (else preprocess "
                         "into WORK_DIR/derivatives)")
     p.add_argument("-w", "--work-dir", type=Path, default=None)
-    p.add_argument("--models", default="rf,resnet34", help="comma-separated: rf, resnet34")
+    p.add_argument("--models", default="rf,resnet34,morph",
+                   help="comma-separated: rf, resnet34 (or resnet10/18/50 via --resnet-depth), "
+                        "morph")
     p.add_argument("--random-seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--nprocs", type=int, default=2)
@@ -55,6 +58,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--resnet-lr", type=float, default=1e-3)
     p.add_argument("--resnet-downsample", type=int, default=2,
                    help="block-average the 2 mm input by this factor (2: 4 mm voxels)")
+    p.add_argument("--resnet-normalization", choices=("gmm", "rank", "quantile"),
+                   default="gmm",
+                   help="ResNet input: GMM-normalised (WM = 1); rank-normalised (each voxel's "
+                        "percentile in the brain: the same for any contrast change); or "
+                        "quantile (those percentiles mapped onto the training split's mean "
+                        "GMM-normalised quantiles: contrast-free, looks like gmm)")
     p.add_argument("--resnet-flip-average", action="store_true",
                    help="predict as the mean over the brain and its mirror image")
     p.add_argument("--no-augment", dest="augment", action="store_false")
@@ -129,28 +138,30 @@ def preprocess(args, work_dir: Path) -> Path:
     return derivatives
 
 
-def train_forest_model(x, ages, split, folds, args):
+def train_forest_model(x, ages, split, folds, args, fit=None):
     """CV on train+val, fit on train; returns the card metrics, the model, all predictions
-    and the out-of-fold residuals."""
+    and the out-of-fold residuals. ``fit(x, y)`` defaults to the random forest."""
     from bids_brainage.models.forest import train_forest
     from bids_brainage.splits import kfold_indices
+
+    if fit is None:
+        def fit(features, target):
+            return train_forest(features, target, seed=args.random_seed,
+                                n_estimators=args.rf_trees, n_jobs=args.nprocs)
 
     dev = np.flatnonzero(split != "test")
     oof = np.full(len(ages), np.nan)
     for fold in kfold_indices(ages[dev], k=folds, seed=args.random_seed):
         held = dev[fold]
         rest = np.setdiff1d(dev, held)
-        model = train_forest(x[rest], ages[rest], seed=args.random_seed,
-                             n_estimators=args.rf_trees, n_jobs=args.nprocs)
-        oof[held] = model.predict(x[held])
+        oof[held] = fit(x[rest], ages[rest]).predict(x[held])
     train = split == "train"
-    model = train_forest(x[train], ages[train], seed=args.random_seed,
-                         n_estimators=args.rf_trees, n_jobs=args.nprocs)
+    model = fit(x[train], ages[train])
     predicted = model.predict(x)
     return {"cv": metrics(ages[dev], oof[dev])}, model, predicted, oof[dev] - ages[dev]
 
 
-def train_resnet_model(x, ages, split, args) -> tuple[dict, object, np.ndarray, dict]:
+def train_resnet_model(x, ages, split, args, spec) -> tuple[dict, object, np.ndarray, dict]:
     """Fit on train (validation only monitored: no early stopping on it); returns metrics,
     the net, predictions for everyone and the card fragment."""
     from bids_brainage.models import resnet3d
@@ -160,12 +171,12 @@ def train_resnet_model(x, ages, split, args) -> tuple[dict, object, np.ndarray, 
         x[train], ages[train], x[val], ages[val],
         depth=args.resnet_depth, width=args.resnet_width, epochs=args.resnet_epochs,
         batch_size=args.resnet_batch_size, lr=args.resnet_lr, seed=args.random_seed,
-        augment=resnet3d.DEFAULT_AUGMENT if args.augment else {}, threads=args.nprocs,
+        augment=resnet_augment(args), threads=args.nprocs,
         val_every=10,
     )
     card = resnet3d.resnet_card(
         f"resnet{args.resnet_depth}", args.resnet_depth, args.resnet_width,
-        resnet_spec(args), history["target_mean"], history["target_std"],
+        spec, history["target_mean"], history["target_std"],
         flip_average=args.resnet_flip_average,
     )
     card["training_params"] = history["params"]
@@ -174,10 +185,34 @@ def train_resnet_model(x, ages, split, args) -> tuple[dict, object, np.ndarray, 
     return {}, net, predicted, card
 
 
-def resnet_spec(args) -> dict:
+def resnet_augment(args) -> dict:
+    """The default augmentation; for rank input without gamma and global scale, which
+    cannot change a rank-normalised image."""
     from bids_brainage.models import resnet3d
 
-    return resnet3d.image_spec(downsample=args.resnet_downsample)
+    if not args.augment:
+        return {}
+    if args.resnet_normalization in ("rank", "quantile"):
+        return {k: v for k, v in resnet3d.DEFAULT_AUGMENT.items()
+                if k not in ("gamma", "intensity")}
+    return dict(resnet3d.DEFAULT_AUGMENT)
+
+
+def resnet_spec(args, subjects=None, split=None) -> dict:
+    """The ResNet's input spec; for ``quantile`` with the reference quantiles: the mean over
+    the training split of each brain's GMM-normalised quantiles (in the model region)."""
+    from bids_brainage.models import resnet3d
+    from bids_brainage.models.dataset import build_inputs
+
+    spec = resnet3d.image_spec(downsample=args.resnet_downsample)
+    if args.resnet_normalization in ("rank", "quantile"):
+        spec.update(normalization=args.resnet_normalization, region="template", erode=2)
+    if args.resnet_normalization == "quantile":
+        train = [s for s, k in zip(subjects, split) if k == "train"]
+        quantiles = build_inputs(train, {"feature": "quantiles", "normalization": "gmm",
+                                         "region": "template", "erode": 2}, nprocs=args.nprocs)
+        spec["reference"] = [round(float(q), 5) for q in quantiles.mean(axis=0)]
+    return spec
 
 def _versions() -> dict:
     import sklearn
@@ -290,7 +325,7 @@ def run(args) -> int:
     common = {
         "version": __version__,
         "training": training_card(subjects, ages, split, args, excluded),
-        "preprocessing": "conform RAS; deepbet; largest component; N4 (shrink 4); antspyx "
+        "preprocessing": "conform RAS; deepbet; largest component; N4 (fit on ~8 mm voxels); antspyx "
                          "affine to MNI152NLin2009aSym at 2 mm; GMM normalisation (WM = 1)",
         "versions": _versions(),
         "date": _dt.date.today().isoformat(),
@@ -300,7 +335,7 @@ def run(args) -> int:
     }
     cards, val_predictions = [], {}
     if "rf" in names:
-        x = build_inputs(subjects, FOREST_INPUT)
+        x = build_inputs(subjects, FOREST_INPUT, nprocs=args.nprocs)
         extra, model, predicted, oof_residuals = train_forest_model(x, ages, split,
                                                                     args.folds, args)
         from bids_brainage.models.forest import save_forest
@@ -312,12 +347,28 @@ def run(args) -> int:
                 "input": FOREST_INPUT, **common, "validation": extra}
         cards.append(calibrate(card, predicted, ages, split, oof_residuals))
         val_predictions["rf"] = predicted
+    if "morph" in names:
+        from bids_brainage.models.forest import save_forest, train_ridge
+
+        x = build_inputs(subjects, MORPH_INPUT, nprocs=args.nprocs)
+        extra, model, predicted, oof_residuals = train_forest_model(
+            x, ages, split, args.folds, args, fit=train_ridge)
+        save_forest(model, model_dir / "morph.joblib")
+        card = {"name": "morph", "kind": "ridge", "file": "morph.joblib",
+                "architecture": "standardised features, ridge (penalty by leave-one-out CV on "
+                                "the training split) on log-Jacobians of a SyN warp to the "
+                                "template and rank-normalised intensities, both at 8 mm inside "
+                                "the template brain eroded by 2 voxels",
+                "input": MORPH_INPUT, **common, "validation": extra}
+        cards.append(calibrate(card, predicted, ages, split, oof_residuals))
+        val_predictions["morph"] = predicted
     resnet_names = [n for n in names if n.startswith("resnet")]
     if resnet_names:
         from bids_brainage.models import resnet3d
 
-        x = build_inputs(subjects, resnet_spec(args))
-        extra, net, predicted, card = train_resnet_model(x, ages, split, args)
+        spec = resnet_spec(args, subjects, split)
+        x = build_inputs(subjects, spec, nprocs=args.nprocs)
+        extra, net, predicted, card = train_resnet_model(x, ages, split, args, spec)
         resnet3d.save_resnet(net, model_dir / f"{card['name']}.pt")
         card.update(file=f"{card['name']}.pt", **common, validation=extra)
         cards.append(calibrate(card, predicted, ages, split))
@@ -344,7 +395,7 @@ def predict_subjects(card: dict, subjects, threads: int) -> np.ndarray:
     from bids_brainage.models.dataset import build_inputs
     from bids_brainage.models.predict import load_predictor
 
-    x = build_inputs(subjects, card.get("input", {}))
+    x = build_inputs(subjects, card.get("input", {}), nprocs=threads)
     predictor = load_predictor(card, threads)
     return np.array([predictor(xi) for xi in x])
 
@@ -353,7 +404,10 @@ def ensemble_card(weights: dict[str, float], predictions: dict[str, np.ndarray],
                   template: dict) -> dict:
     predicted = sum(w * predictions[n] for n, w in weights.items())
     card = {"name": "ensemble", "kind": "ensemble", "members": weights, "intercept": 0.0,
-            "architecture": "convex combination, weights minimising validation MAE",
+            "architecture": ("convex combination, weights minimising validation MAE"
+                             if len(weights) > 1 else
+                             f"the single default model {next(iter(weights))} (with its own "
+                             "interval and bias line refitted on validation)"),
             **{k: template[k] for k in ("version", "training", "preprocessing", "versions",
                                         "date", "command", "licence") if k in template}}
     return calibrate(card, predicted, ages, split)
@@ -363,7 +417,8 @@ def apply_robustness(cards, subjects, ages, split, predictions, derivatives, arg
                      work_dir) -> None:
     """Measure each model on changed copies of validation brains; keep only robust models
     (every mean |change| < 2 years) in the default ensemble; say why in the others' cards."""
-    from bids_brainage.models.robustness import ROBUST_LIMIT, evaluate, robust_models
+    from bids_brainage.models.robustness import (ROBUST_LIMIT, evaluate, least_sensitive,
+                                                 robust_models)
 
     write_models(model_dir, cards)  # the variants run through the app with these models
     val = [s for s, k in zip(subjects, split) if k == "val"][: args.robustness]
@@ -390,14 +445,20 @@ def apply_robustness(cards, subjects, ages, split, predictions, derivatives, arg
     robust = [c["name"] for c in cards if c.get("kind") != "ensemble" and c["default"]]
     others = [c for c in cards if c.get("kind") != "ensemble"]
     if not robust:
-        # nothing meets the limit: keep every model (and their ensemble) rather than none,
-        # and say so in each card; the figures stay in "robustness"
-        LOG.warning("no model's changes stay below %.1f years; all stay in the default set",
-                    ROBUST_LIMIT)
+        # nothing meets the limit: the default (and its ensemble) is the one model whose
+        # worst change is smallest; every card keeps its reason, the figures stay in
+        # "robustness", and the others stay available by name
+        best = least_sensitive({c["name"]: changes[c["name"]] for c in others})
+        LOG.warning("no model's changes stay below %.1f years; the default is the least "
+                    "sensitive one, %s", ROBUST_LIMIT, best)
         for card in others:
-            card["default"] = True
-            card["robustness_warning"] = card.pop("not_default_because")
-        robust = [c["name"] for c in others]
+            if card["name"] == best:
+                card["default"] = True
+                card["robustness_warning"] = (
+                    card.pop("not_default_because")
+                    + "; no model passes the limit, and this one's worst change is the "
+                      "smallest, so it is the default")
+        robust = [best]
     template = others[0]
     cards[:] = others
     if robust:

@@ -15,9 +15,9 @@ from conftest import EXAMPLE
 pytestmark = pytest.mark.slow
 SUBSET = ["IXI012", "IXI015", "IXI034", "IXI039", "IXI052", "IXI056", "IXI057", "IXI079",
           "IXI092", "IXI093", "IXI127", "IXI130"]
-TINY = ["--models", "rf,resnet34", "--rf-trees", "50", "--folds", "3", "--resnet-depth", "10",
-        "--resnet-width", "4", "--resnet-epochs", "2", "--resnet-batch-size", "4",
-        "--nprocs", "2"]
+TINY = ["--models", "rf,resnet34,morph", "--rf-trees", "50", "--folds", "3", "--resnet-depth",
+        "10", "--resnet-width", "4", "--resnet-epochs", "2", "--resnet-batch-size", "4",
+        "--resnet-normalization", "quantile", "--nprocs", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def trained(ixi_pool, tmp_path_factory):
 
 def test_training_writes_a_model_card_with_metrics(trained):
     cards = load_cards(trained[0])
-    assert set(cards) == {"rf", "resnet10", "ensemble"}
+    assert set(cards) == {"rf", "resnet10", "morph", "ensemble"}
     for card in cards.values():
         assert card["training"]["n"] == len(SUBSET)
         assert card["training"]["split_seed"] == 20240
@@ -49,13 +49,19 @@ def test_training_writes_a_model_card_with_metrics(trained):
         assert card["interval"]["halfwidth"] > 0
         assert "slope" in card["bias_correction"]
     assert cards["rf"]["validation"]["cv"]["n"] > 0
-    assert sorted(cards["ensemble"]["members"]) == ["resnet10", "rf"]
+    assert sorted(cards["ensemble"]["members"]) == ["morph", "resnet10", "rf"]
+    # the ResNet's contrast-free input carries its reference quantiles, learnt on train
+    reference = cards["resnet10"]["input"]["reference"]
+    assert cards["resnet10"]["input"]["normalization"] == "quantile" and len(reference) == 101
+    assert reference == sorted(reference) and 0.3 < reference[50] < 1.1
+    assert cards["morph"]["kind"] == "ridge" and cards["morph"]["validation"]["cv"]["n"] > 0
 
 
 def test_same_seed_gives_identical_models(trained):
     a, b = ({c["name"]: c for c in json.loads((d / "models.json").read_text())["models"]}
             for d in trained[1:])
     assert a["rf"]["sha256"] == b["rf"]["sha256"]
+    assert a["morph"]["sha256"] == b["morph"]["sha256"]
     assert a["ensemble"]["members"].keys() == b["ensemble"]["members"].keys()
     # the weight files, not only the weights: torch.save once named the zip's folder after
     # the random temporary file, so equal weights gave different sha256s
@@ -70,7 +76,7 @@ def test_trained_directory_predicts_on_the_example(trained, example_run, tmp_pat
                 "--model-dir", str(trained[0]), "--models", "all", "--no-report"]) == 0
     rows = (out / "sub-IXI095/anat/sub-IXI095_brainage.tsv").read_text().splitlines()
     models = [line.split("\t")[3] for line in rows[1:]]
-    assert models == ["rf", "resnet10", "ensemble"]
+    assert models == ["rf", "morph", "resnet10", "ensemble"]
 
 
 def test_corrupted_weights_are_refused(trained, tmp_path):

@@ -13,7 +13,7 @@ from bids_brainage import __version__
 NORMALIZATIONS = ("gmm", "zscore", "whitestripe", "fcm", "twopoint")
 SKULL_STRIP = ("auto", "deepbet", "none")
 REGISTRATIONS = ("affine", "syn")
-MODEL_CHOICES = ("rf", "resnet34", "ensemble", "all")
+MODEL_CHOICES = ("rf", "resnet34", "morph", "ensemble", "all")
 BIAS_FITS = ("model", "cohort")
 
 

@@ -65,14 +65,27 @@ def load_mni(subject: Subject) -> tuple[np.ndarray, np.ndarray]:
     return out["mni"].get_fdata(dtype=np.float32), out["mni_mask"]
 
 
-def build_inputs(subjects: list[Subject], spec: dict, progress: bool = True) -> np.ndarray:
-    """Stack :func:`model_inputs` for every subject (a progress bar on the way)."""
-    from tqdm import tqdm
-
+def subject_inputs(subject: Subject, spec: dict) -> np.ndarray:
+    """:func:`model_inputs` of one subject's derivatives."""
     from bids_brainage.models.predict import model_inputs
 
-    rows = []
-    for subject in tqdm(subjects, desc=f"inputs {spec.get('feature')}", disable=not progress):
-        mni, mask = load_mni(subject)
-        rows.append(model_inputs(mni, mask, spec))
-    return np.stack(rows)
+    mni, mask = load_mni(subject)
+    return model_inputs(mni, mask, spec)
+
+
+def build_inputs(subjects: list[Subject], spec: dict, progress: bool = True,
+                 nprocs: int = 1) -> np.ndarray:
+    """Stack :func:`subject_inputs` for every subject, in order, on ``nprocs`` processes
+    (forkserver workers: forked ones hang once torch has run), with a progress bar."""
+    import functools
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    work = functools.partial(subject_inputs, spec=spec)
+    bar = dict(total=len(subjects), desc=f"inputs {spec.get('feature')}", disable=not progress)
+    if nprocs <= 1 or len(subjects) < 2:
+        return np.stack([work(s) for s in tqdm(subjects, **bar)])
+    with ProcessPoolExecutor(nprocs, mp_context=get_context("forkserver")) as pool:
+        return np.stack(list(tqdm(pool.map(work, subjects), **bar)))

@@ -1,4 +1,5 @@
-"""The random forest on 100-bin intensity histograms (the original project's model)."""
+"""The random forest on 100-bin intensity histograms (the original project's model), and the
+ridge regression on morphometry features; both are scikit-learn estimators saved with joblib."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,6 +15,17 @@ def train_forest(features: np.ndarray, ages: np.ndarray, *, seed: int, n_estimat
         n_estimators=n_estimators, max_features=0.33, min_samples_leaf=2,
         random_state=seed, n_jobs=n_jobs,
     )
+    return model.fit(np.asarray(features), np.asarray(ages))
+
+
+def train_ridge(features: np.ndarray, ages: np.ndarray, *, seed: int = 0, n_jobs: int = 1):
+    """Standardised features, ridge with its penalty chosen by efficient leave-one-out CV
+    (inside the training data only)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 25)))
     return model.fit(np.asarray(features), np.asarray(ages))
 
 

@@ -14,14 +14,28 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     """The input a model card's ``input`` spec asks for, from the un-normalised 2 mm MNI brain.
 
     ``{"feature": "histogram", "normalization": "gmm"}`` gives the 100-bin density histogram;
-    ``{"feature": "image", "normalization": "gmm", ...}`` the normalised, cropped volume.
+    ``{"feature": "image", "normalization": "gmm", ...}`` the normalised, cropped volume
+    (``"normalization": "rank"``: each voxel's percentile in the brain, contrast-free;
+    ``"quantile"``: that percentile mapped through the card's ``reference`` quantiles);
+    ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.morphometry`).
     """
     from bids_brainage.features import intensity_histogram
     from bids_brainage.preproc.normalize import normalize_intensity
 
     mask = model_region(mask, spec)
-    norm, info = normalize_intensity(mni, mask, spec.get("normalization", "gmm"))
     feature = spec.get("feature", "histogram")
+    if feature == "morphometry":
+        from bids_brainage.morphometry import morphometry_features
+
+        return morphometry_features(mni, mask)
+    if spec.get("normalization") in ("rank", "quantile"):
+        from bids_brainage.morphometry import quantile_normalise, rank_normalise
+
+        norm, info = rank_normalise(mni, mask), {}
+        if spec["normalization"] == "quantile":
+            norm = quantile_normalise(norm, mask, spec["reference"])
+    else:
+        norm, info = normalize_intensity(mni, mask, spec.get("normalization", "gmm"))
     if feature == "histogram":
         density, _ = intensity_histogram(norm, mask, spec.get("normalization", "gmm"),
                                          bins=spec.get("bins", 100))
@@ -30,6 +44,10 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
         density, _ = intensity_histogram(norm, mask, spec.get("normalization", "gmm"),
                                          bins=spec.get("bins", 100))
         return np.concatenate([density, tissue_fractions(norm, mask, info)])
+    if feature == "quantiles":
+        from bids_brainage.morphometry import QUANTILE_LEVELS
+
+        return np.quantile(norm[mask], QUANTILE_LEVELS)
     if feature == "image":
         from bids_brainage.models.resnet3d import crop_to_grid
 
@@ -63,7 +81,7 @@ def tissue_fractions(norm: np.ndarray, mask: np.ndarray, info: dict) -> np.ndarr
 def load_predictor(card: dict, threads: int = 1):
     """A callable ``f(inputs) -> age`` for a card, after verifying its weight file."""
     kind = card.get("kind", "forest")
-    if kind == "forest":
+    if kind in ("forest", "ridge"):
         from bids_brainage.models.forest import load_forest
 
         model = load_forest(verified_file(card))

@@ -159,3 +159,12 @@ def robust_models(changes: dict[str, dict[str, float]], limit: float = ROBUST_LI
                       f"mean |change| of {by_variant[worst]:.1f} y (>= {limit}) for "
                       f"{worst}: {VARIANTS[worst]}")
     return out
+
+
+def least_sensitive(changes: dict[str, dict[str, float]]) -> str:
+    """The model whose largest mean |change| is smallest (the default when none passes).
+
+    >>> least_sensitive({"rf": {"gam08": 12.4, "res1": 2.5}, "cnn": {"gam08": 3.4, "res1": 2.6}})
+    'cnn'
+    """
+    return min(changes, key=lambda m: (max(changes[m].values()), m))

@@ -325,7 +325,7 @@ def run(args) -> int:
     common = {
         "version": __version__,
         "training": training_card(subjects, ages, split, args, excluded),
-        "preprocessing": "conform RAS; deepbet; largest component; N4 (fit on ~8 mm voxels); antspyx "
+        "preprocessing": "conform RAS; deepbet; largest component; N4 (shrink 4); antspyx "
                          "affine to MNI152NLin2009aSym at 2 mm; GMM normalisation (WM = 1)",
         "versions": _versions(),
         "date": _dt.date.today().isoformat(),

@@ -112,7 +112,8 @@ def _participant(settings) -> int:
                         "; ".join(warnings[:3]))
     try:  # refuse a bad model directory before hours of preprocessing
         cards = load_cards(settings.model_dir)
-        verify_all(cards, select_models(cards, settings.models))
+        select_models(cards, settings.models)  # unknown names are refused here
+        verify_all(cards, list(cards))  # every file: an altered directory is not trusted
     except ModelError as exc:
         LOG.error("%s", exc)
         return EXIT_USAGE

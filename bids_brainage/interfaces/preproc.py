@@ -141,7 +141,7 @@ class LargestComponent(_TimedInterface):
 class _N4InputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     in_mask = File(exists=True, mandatory=True)
-    fit_mm = traits.Float(8.0, usedefault=True, desc="voxel size (mm) of the shrunk fit")
+    shrink = traits.Int(4, usedefault=True)
     threads = traits.Int(1, usedefault=True, nohash=True)
 
 
@@ -152,7 +152,7 @@ class _N4OutputSpec(TraitedSpec):
 
 
 class N4(_TimedInterface):
-    """N4 bias-field correction fitted on the image shrunk to ~8 mm voxels inside the brain."""
+    """N4 bias-field correction fitted on the shrunk image inside the brain mask."""
 
     input_spec = _N4InputSpec
     output_spec = _N4OutputSpec
@@ -164,7 +164,7 @@ class N4(_TimedInterface):
 
         img = _load(self.inputs.in_file)
         mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0
-        corrected, _field = n4_correct(img, mask, fit_mm=self.inputs.fit_mm,
+        corrected, _field = n4_correct(img, mask, shrink=self.inputs.shrink,
                                        threads=self.inputs.threads)
         data = np.asarray(corrected.dataobj, np.float32)
         self._results["out_file"] = _save(data, img, cwd / "n4.nii.gz")

@@ -176,6 +176,6 @@ def test_one_mm_version_predicts_like_the_two_mm_original(tmp_path, example_run)
     assert one.keys() == two.keys() and one
     for key in one:
         # the default ResNet (alone in the ensemble) moves 5 years here; its card's "res1"
-        # robustness figure (2.6 y on validation images) and docs/models.md say so
+        # robustness figure (2.5 y on validation images) and docs/models.md say so
         limit = 2.0 if key[1] == "rf" else 6.0
         assert abs(one[key] - two[key]) <= limit, (key, one[key], two[key])

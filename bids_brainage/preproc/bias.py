@@ -4,9 +4,10 @@ Fitting at full resolution took 377 s on a 1 mm head; shrinking by 4 takes ~5 s 
 field (DESIGN.md). The log field is evaluated on the full-resolution grid and divided out.
 
 Shrinking by physical size instead (×8 for a 1 mm scan, so that it is fitted on the 2 mm
-scans' 8 mm grid) was measured and dropped: the 1 mm robustness change grew from 1.79 to
-2.50 years for the forest and from 2.38 to 2.57 for the ResNet (5 validation participants),
-and from 5.0 to 6.5 years for the ResNet on the example IXI095. ``Shrink`` takes every n-th
+scans' 8 mm grid) was measured and dropped: the 1 mm robustness change grew from 2.22 to
+2.50 years for the forest, from 2.46 to 2.57 for the ResNet and from 5.25 to 5.55 for the
+ridge (5 validation participants), and from 5.0 to 6.5 years for the ResNet on the example
+IXI095. ``Shrink`` takes every n-th
 voxel, so ×8 fits on an eighth of the samples ×4 does.
 """
 from __future__ import annotations

@@ -22,9 +22,10 @@ from bids_brainage import __version__
 from bids_brainage.splits import DEFAULT_SEED, SPLIT_FRACTIONS
 
 LOG = logging.getLogger("bids_brainage.train")
-FOREST_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": 100,
-                "region": "template", "erode": 2}
-MORPH_INPUT = {"feature": "morphometry", "region": "template", "erode": 2}
+# the voxels every model reads: the brain inside the template brain eroded by 2 voxels
+MODEL_REGION = {"region": "template", "erode": 2}
+FOREST_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": 100, **MODEL_REGION}
+MORPH_INPUT = {"feature": "morphometry", **MODEL_REGION}
 INTERVAL_LEVEL = 0.9
 
 
@@ -206,11 +207,11 @@ def resnet_spec(args, subjects=None, split=None) -> dict:
 
     spec = resnet3d.image_spec(downsample=args.resnet_downsample)
     if args.resnet_normalization in ("rank", "quantile"):
-        spec.update(normalization=args.resnet_normalization, region="template", erode=2)
+        spec.update(normalization=args.resnet_normalization, **MODEL_REGION)
     if args.resnet_normalization == "quantile":
         train = [s for s, k in zip(subjects, split) if k == "train"]
         quantiles = build_inputs(train, {"feature": "quantiles", "normalization": "gmm",
-                                         "region": "template", "erode": 2}, nprocs=args.nprocs)
+                                         **MODEL_REGION}, nprocs=args.nprocs)
         spec["reference"] = [round(float(q), 5) for q in quantiles.mean(axis=0)]
     return spec
 

@@ -18,7 +18,7 @@ def train_forest(features: np.ndarray, ages: np.ndarray, *, seed: int, n_estimat
     return model.fit(np.asarray(features), np.asarray(ages))
 
 
-def train_ridge(features: np.ndarray, ages: np.ndarray, *, seed: int = 0, n_jobs: int = 1):
+def train_ridge(features: np.ndarray, ages: np.ndarray):
     """Standardised features, ridge with its penalty chosen by efficient leave-one-out CV
     (inside the training data only)."""
     from sklearn.linear_model import RidgeCV

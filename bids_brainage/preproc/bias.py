@@ -7,8 +7,7 @@ Shrinking by physical size instead (×8 for a 1 mm scan, so that it is fitted on
 scans' 8 mm grid) was measured and dropped: the 1 mm robustness change grew from 2.22 to
 2.50 years for the forest, from 2.46 to 2.57 for the ResNet and from 5.25 to 5.55 for the
 ridge (5 validation participants), and from 5.0 to 6.5 years for the ResNet on the example
-IXI095. ``Shrink`` takes every n-th
-voxel, so ×8 fits on an eighth of the samples ×4 does.
+IXI095. ``Shrink`` takes every n-th voxel, so ×8 fits on an eighth of the samples ×4 does.
 """
 from __future__ import annotations
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from bids_brainage import __version__
+from bids_brainage.morphometry import REGION_ERODE
 from bids_brainage.splits import DEFAULT_SEED, SPLIT_FRACTIONS
 
 LOG = logging.getLogger("bids_brainage.train")
 # the voxels every model reads: the brain inside the template brain eroded by 2 voxels
-MODEL_REGION = {"region": "template", "erode": 2}
+MODEL_REGION = {"region": "template", "erode": REGION_ERODE}
 FOREST_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": 100, **MODEL_REGION}
 MORPH_INPUT = {"feature": "morphometry", **MODEL_REGION}
 INTERVAL_LEVEL = 0.9
@@ -326,7 +327,7 @@ def run(args) -> int:
     common = {
         "version": __version__,
         "training": training_card(subjects, ages, split, args, excluded),
-        "preprocessing": "conform RAS; deepbet; largest component; N4 (shrink 4); antspyx "
+        "preprocessing": "conform RAS; deepbet; largest component; N4 (log-spread 0.16, fit on ~8 mm); antspyx "
                          "affine to MNI152NLin2009aSym at 2 mm; GMM normalisation (WM = 1)",
         "versions": _versions(),
         "date": _dt.date.today().isoformat(),

@@ -63,3 +63,13 @@ def test_features_are_the_same_for_any_contrast_change(template_brain):
     assert base.shape == (2 * int(mo._fixed()[2].sum()),) and np.isfinite(base).all()
     changed = np.where(mask, np.clip(data, 1e-3, None) ** 0.8 * 10, 0)
     assert np.array_equal(mo.morphometry_features(changed, mask), base)
+
+
+def test_morphometry_input_must_use_the_region_its_target_was_built_on():
+    from bids_brainage.models.predict import model_inputs
+
+    tpl = template_2mm()
+    data = tpl.get_fdata(dtype=np.float32)
+    with pytest.raises(ValueError, match="erode"):
+        model_inputs(data, template_mask(tpl), {"feature": "morphometry", "region": "template",
+                                                "erode": mo.REGION_ERODE + 1})

@@ -25,8 +25,12 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     mask = model_region(mask, spec)
     feature = spec.get("feature", "histogram")
     if feature == "morphometry":
-        from bids_brainage.morphometry import morphometry_features
+        from bids_brainage.morphometry import REGION_ERODE, morphometry_features
 
+        if spec.get("region") != "template" or spec.get("erode") != REGION_ERODE:
+            # the SyN target and feature grid are built on that region (morphometry._fixed)
+            raise ValueError(f"morphometry features need the input region "
+                             f"{{'region': 'template', 'erode': {REGION_ERODE}}}, not {spec}")
         return morphometry_features(mni, mask)
     if spec.get("normalization") in ("rank", "quantile"):
         from bids_brainage.morphometry import quantile_normalise, rank_normalise

@@ -46,10 +46,9 @@ def test_example_predictions_are_within_15_years(example_run):
         for row in rows:
             assert row["status"] == "ok" and row["message"] == "n/a"
             predicted = float(row["predicted_age"])
-            # the forest: within 15 years; the default ResNet (and the ensemble, which is that
-            # ResNet alone: no model passes the robustness gate) predicts IXI095 (24.9 y) at
-            # 40.8 y, so it gets 20 (its card's test MAE is 4.7 y; this is one image)
-            limit = 15 if row["model"] == "rf" else 20
+            # measured: the largest error is the ResNet's on IXI161 (77.5 for 65.1 y) and the
+            # ensemble's on IXI161 (74.9); the cards' test MAEs are 5.0-7.3 y
+            limit = 15
             assert abs(predicted - age) <= limit, (label, row)
             assert float(row["brain_age_gap"]) == pytest.approx(predicted - age, abs=1e-3)
             if row["interval_low"] != "n/a":
@@ -175,7 +174,7 @@ def test_one_mm_version_predicts_like_the_two_mm_original(tmp_path, example_run)
     two = {k: v for k, v in predictions(out2).items() if k[0] == "sub-IXI095"}
     assert one.keys() == two.keys() and one
     for key in one:
-        # the default ResNet (alone in the ensemble) moves 5 years here; its card's "res1"
-        # robustness figure (2.5 y on validation images) and docs/models.md say so
-        limit = 2.0 if key[1] == "rf" else 6.0
+        # measured on IXI095: rf 0.8, morph 1.6, resnet34 3.0, ensemble 2.0 years (the cards'
+        # "res1" figures, over 5 validation images: 1.4, 1.2, 1.5, <= 1.3)
+        limit = 2.0 if key[1] == "rf" else 4.0
         assert abs(one[key] - two[key]) <= limit, (key, one[key], two[key])

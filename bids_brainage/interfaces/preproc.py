@@ -141,7 +141,8 @@ class LargestComponent(_TimedInterface):
 class _N4InputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     in_mask = File(exists=True, mandatory=True)
-    shrink = traits.Int(4, usedefault=True)
+    # part of the cache key: derivatives made by the earlier shrink-4 N4 are not reused
+    log_spread = traits.Float(0.16, usedefault=True, desc="log-spread the fit is scaled to")
     threads = traits.Int(1, usedefault=True, nohash=True)
 
 
@@ -152,7 +153,7 @@ class _N4OutputSpec(TraitedSpec):
 
 
 class N4(_TimedInterface):
-    """N4 bias-field correction fitted on the shrunk image inside the brain mask."""
+    """N4 bias-field correction inside the brain mask, fitted on a coarse copy (~8 mm)."""
 
     input_spec = _N4InputSpec
     output_spec = _N4OutputSpec
@@ -164,8 +165,8 @@ class N4(_TimedInterface):
 
         img = _load(self.inputs.in_file)
         mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0
-        corrected, _field = n4_correct(img, mask, shrink=self.inputs.shrink,
-                                       threads=self.inputs.threads)
+        corrected, _field = n4_correct(img, mask, threads=self.inputs.threads,
+                                       log_spread_target=self.inputs.log_spread)
         data = np.asarray(corrected.dataobj, np.float32)
         self._results["out_file"] = _save(data, img, cwd / "n4.nii.gz")
         self._results["out_brain"] = _save(np.where(mask, data, 0), img, cwd / "n4_brain.nii.gz")

@@ -20,6 +20,7 @@ import numpy as np
 
 from bids_brainage import __version__
 from bids_brainage.morphometry import REGION_ERODE
+from bids_brainage.preproc.bias import LOG_SPREAD
 from bids_brainage.splits import DEFAULT_SEED, SPLIT_FRACTIONS
 
 LOG = logging.getLogger("bids_brainage.train")
@@ -327,7 +328,8 @@ def run(args) -> int:
     common = {
         "version": __version__,
         "training": training_card(subjects, ages, split, args, excluded),
-        "preprocessing": "conform RAS; deepbet; largest component; N4 (log-spread 0.16, fit on ~8 mm); antspyx "
+        "preprocessing": "conform RAS; deepbet; largest component; "
+                         f"N4 (log-spread {LOG_SPREAD}, fit on ~8 mm); antspyx "
                          "affine to MNI152NLin2009aSym at 2 mm; GMM normalisation (WM = 1)",
         "versions": _versions(),
         "date": _dt.date.today().isoformat(),

@@ -18,6 +18,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from bids_brainage.preproc.bias import LOG_SPREAD
+
 
 class _TimedInterface(SimpleInterface):
     """A SimpleInterface whose ``_run`` is timed into the ``seconds`` output."""
@@ -142,7 +144,7 @@ class _N4InputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
     in_mask = File(exists=True, mandatory=True)
     # part of the cache key: derivatives made by the earlier shrink-4 N4 are not reused
-    log_spread = traits.Float(0.16, usedefault=True, desc="log-spread the fit is scaled to")
+    log_spread = traits.Float(LOG_SPREAD, usedefault=True, desc="log-spread the fit is scaled to")
     threads = traits.Int(1, usedefault=True, nohash=True)
 
 

@@ -26,15 +26,13 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 
+from bids_brainage.preproc.conform import voxel_sizes
+
 LOG_SPREAD = 0.16  # robust sd of high-passed log intensities; training scans: 0.154–0.162 IQR
 ACQ_MM = 2.0  # block-average to about this voxel size before the fit
 FIT_MM = 8.0  # then keep every n-th voxel, to about this size
 HIGHPASS_MM = 12.0
 SPREAD_MM = 4.0
-
-
-def _zooms(img: nib.Nifti1Image) -> np.ndarray:
-    return np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
 
 
 def _to_sitk(data: np.ndarray, zooms):
@@ -108,7 +106,7 @@ def n4_correct(
     mask = np.asarray(mask, bool)
     if not mask.any():
         raise ValueError("N4: the brain mask is empty")
-    zooms = _zooms(img)
+    zooms = np.array(voxel_sizes(img))
     values = data[mask]
     positive = values[values > 0]
     if positive.size == 0:

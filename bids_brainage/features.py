@@ -15,6 +15,9 @@ HIST_RANGE = {
     "twopoint": (0.2, 1.5),
     "whitestripe": (-35.0, 15.0),
     "zscore": (-4.0, 3.0),
+    # log intensities, CSF class at 0 and WM at 1 (normalize.log_tissue_normalise): the
+    # 1st-99th percentiles of the training brains are about -0.95 and 1.18
+    "loggmm": (-0.5, 1.3),
 }
 
 

@@ -2,9 +2,10 @@
 
 1. Preprocess with the participant workflow (or reuse ``--derivatives``), no prediction.
 2. Split participants by age (seeded): train 60 % / validation 20 % / test 20 %.
-3. Per model: k-fold CV on train+validation (out-of-fold MAE), fit on train, predict
-   validation (calibration: ensemble weights, age-bias line, conformal interval) and test
-   (reported once, never used to choose anything).
+3. Per model: k-fold CV on train+validation, fit on train. The out-of-fold predictions of
+   the CV calibrate (ensemble weights, age-bias line, conformal interval); validation and
+   test are predicted by the model fitted on train; test is reported once and never used
+   to choose anything.
 4. Write weights and ``models.json`` (cards with data, metrics, seed, versions, sha256).
 """
 from __future__ import annotations
@@ -26,7 +27,12 @@ from bids_brainage.splits import DEFAULT_SEED, SPLIT_FRACTIONS
 LOG = logging.getLogger("bids_brainage.train")
 # the voxels every model reads: the brain inside the template brain eroded by 2 voxels
 MODEL_REGION = {"region": "template", "erode": REGION_ERODE}
-FOREST_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": 100, **MODEL_REGION}
+# the original project's forest: the 100-bin histogram of GMM-normalised intensities (WM = 1)
+FOREST_INPUT_GMM = {"feature": "histogram", "normalization": "gmm", "bins": 100, **MODEL_REGION}
+# the default forest: the histogram of log intensities with CSF at 0 and WM at 1, and the
+# three tissue fractions: the same for any scale or gamma change of the image
+FOREST_INPUT = {"feature": "histogram+tissue", "normalization": "loggmm", "bins": 100,
+                **MODEL_REGION}
 MORPH_INPUT = {"feature": "morphometry", **MODEL_REGION}
 INTERVAL_LEVEL = 0.9
 
@@ -54,6 +60,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-label", nargs="+", default=(),
                    help="participants never used (e.g. an example dataset's)")
     p.add_argument("--rf-trees", type=int, default=500)
+    p.add_argument("--rf-normalization", choices=("loggmm", "gmm"), default="loggmm",
+                   help="forest input: the histogram of log intensities with the CSF and WM "
+                        "classes at 0 and 1, plus tissue fractions (the same for any scale or "
+                        "gamma change); or the original project's histogram of GMM-normalised "
+                        "intensities (WM = 1), which moves >10 years under a gamma change")
     p.add_argument("--resnet-depth", type=int, default=34)
     p.add_argument("--resnet-width", type=int, default=16)
     p.add_argument("--resnet-epochs", type=int, default=40)
@@ -105,23 +116,30 @@ def conformal_halfwidth(residuals, level: float = INTERVAL_LEVEL) -> float:
     return float(scores[min(k, scores.size) - 1])
 
 
+def simplex_grid(n: int, step: float = 0.05) -> np.ndarray:
+    """Every weight vector of ``n`` non-negative multiples of ``step`` summing to one.
+
+    >>> simplex_grid(3, 0.5).tolist()
+    [[0.0, 0.0, 1.0], [0.0, 0.5, 0.5], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]
+    """
+    import itertools
+
+    units = round(1 / step)
+    rows = [c for c in itertools.product(range(units + 1), repeat=n - 1) if sum(c) <= units]
+    return np.array([[*c, units - sum(c)] for c in rows], float) / units
+
+
 def ensemble_weights(predictions: dict[str, np.ndarray], age) -> dict[str, float]:
-    """Convex weights minimising validation MAE (grid of 0.05 for two members, else NNLS)."""
+    """Convex weights on a 0.05 grid minimising the MAE of held-out predictions (ties go to
+    the first grid point, i.e. more weight on later members)."""
     names = list(predictions)
     if len(names) == 1:
         return {names[0]: 1.0}
-    age = np.asarray(age, float)
-    if len(names) == 2:
-        grid = np.round(np.arange(0, 1.0001, 0.05), 2)
-        a, b = (predictions[n] for n in names)
-        errors = [np.mean(np.abs(w * a + (1 - w) * b - age)) for w in grid]
-        w = float(grid[int(np.argmin(errors))])
-        return {names[0]: w, names[1]: round(1 - w, 2)}
-    from scipy.optimize import nnls
-
-    weights, _ = nnls(np.column_stack([predictions[n] for n in names]), age)
-    weights = weights / weights.sum() if weights.sum() > 0 else np.full(len(names), 1 / len(names))
-    return {n: round(float(w), 4) for n, w in zip(names, weights)}
+    grid = simplex_grid(len(names))
+    stacked = np.column_stack([predictions[n] for n in names])
+    errors = np.abs(stacked @ grid.T - np.asarray(age, float)[:, None]).mean(axis=0)
+    best = grid[int(np.argmin(errors))]
+    return {n: round(float(w), 2) for n, w in zip(names, best)}
 
 
 def preprocess(args, work_dir: Path) -> Path:
@@ -141,9 +159,9 @@ def preprocess(args, work_dir: Path) -> Path:
     return derivatives
 
 
-def train_forest_model(x, ages, split, folds, args, fit=None):
+def train_sklearn_model(x, ages, split, folds, args, fit=None):
     """CV on train+val, fit on train; returns the card metrics, the model, all predictions
-    and the out-of-fold residuals. ``fit(x, y)`` defaults to the random forest."""
+    and the out-of-fold predictions (NaN on test). ``fit(x, y)`` defaults to the forest."""
     from bids_brainage.models.forest import train_forest
     from bids_brainage.splits import kfold_indices
 
@@ -161,22 +179,38 @@ def train_forest_model(x, ages, split, folds, args, fit=None):
     train = split == "train"
     model = fit(x[train], ages[train])
     predicted = model.predict(x)
-    return {"cv": metrics(ages[dev], oof[dev])}, model, predicted, oof[dev] - ages[dev]
+    return {"cv": metrics(ages[dev], oof[dev])}, model, predicted, oof
 
 
-def train_resnet_model(x, ages, split, args, spec) -> tuple[dict, object, np.ndarray, dict]:
-    """Fit on train (validation only monitored: no early stopping on it); returns metrics,
-    the net, predictions for everyone and the card fragment."""
+def train_resnet_model(x, ages, split, args, spec):
+    """K-fold CV on train+val with the same settings, then fit on train (validation only
+    monitored: no early stopping on it); returns the CV metrics, the net, predictions for
+    everyone, the card fragment and the out-of-fold predictions (NaN on test)."""
     from bids_brainage.models import resnet3d
+    from bids_brainage.splits import kfold_indices
 
+    def fit(rows, monitor=None, progress=True):
+        extra = (x[monitor], ages[monitor]) if monitor is not None else ()
+        return resnet3d.train_resnet(
+            x[rows], ages[rows], *extra,
+            depth=args.resnet_depth, width=args.resnet_width, epochs=args.resnet_epochs,
+            batch_size=args.resnet_batch_size, lr=args.resnet_lr, seed=args.random_seed,
+            augment=resnet_augment(args), threads=args.nprocs, val_every=10,
+            progress=progress)
+
+    dev = np.flatnonzero(split != "test")
+    oof = np.full(len(ages), np.nan)
+    folds = kfold_indices(ages[dev], k=args.folds, seed=args.random_seed)
+    for k, fold in enumerate(folds, 1):
+        held = dev[fold]
+        LOG.info("ResNet cross-validation: fold %d of %d (%d held out)", k, len(folds),
+                 held.size)
+        net, history = fit(np.setdiff1d(dev, held))
+        oof[held] = resnet3d.predict_batch(net, x[held], history["target_mean"],
+                                           history["target_std"])
     train, val = split == "train", split == "val"
-    net, history = resnet3d.train_resnet(
-        x[train], ages[train], x[val], ages[val],
-        depth=args.resnet_depth, width=args.resnet_width, epochs=args.resnet_epochs,
-        batch_size=args.resnet_batch_size, lr=args.resnet_lr, seed=args.random_seed,
-        augment=resnet_augment(args), threads=args.nprocs,
-        val_every=10,
-    )
+    LOG.info("ResNet: fitting on the training split")
+    net, history = fit(np.flatnonzero(train), np.flatnonzero(val))
     card = resnet3d.resnet_card(
         f"resnet{args.resnet_depth}", args.resnet_depth, args.resnet_width,
         spec, history["target_mean"], history["target_std"],
@@ -185,7 +219,7 @@ def train_resnet_model(x, ages, split, args, spec) -> tuple[dict, object, np.nda
     card["training_params"] = history["params"]
     predicted = np.array([resnet3d.predict_volume(net, xi, threads=args.nprocs, card=card)
                           for xi in x])
-    return {}, net, predicted, card
+    return {"cv": metrics(ages[dev], oof[dev])}, net, predicted, card, oof
 
 
 def resnet_augment(args) -> dict:
@@ -232,32 +266,36 @@ def _versions() -> dict:
 
 
 def calibrate(card: dict, predicted: np.ndarray, ages: np.ndarray, split: np.ndarray,
-              held_out_residuals: np.ndarray | None = None) -> dict:
-    """Validation-based calibration and test metrics, added to a card in place.
+              held_out: np.ndarray | None = None) -> dict:
+    """Calibration (interval, age-bias line) and metrics, added to a card in place.
 
-    The interval's half-width comes from ``held_out_residuals`` when given (out-of-fold
-    residuals of cross-validation on train+val: 110 scores instead of 28 give a less
-    conservative quantile), else from the validation residuals.
+    ``held_out`` holds the out-of-fold predictions of cross-validation on train+val (NaN on
+    test): the interval and the bias line come from them (110 held-out predictions on our
+    data instead of the validation split's 28, so a less noisy quantile and line). Without
+    them (a card re-calibrated by ``--skip-training``) the validation predictions are used.
     """
     from bids_brainage.metrics import fit_age_bias
 
     val, test, train = split == "val", split == "test", split == "train"
-    scores = predicted[val] - ages[val] if held_out_residuals is None else held_out_residuals
-    half = conformal_halfwidth(scores)
+    if held_out is None:
+        rows, scored, source = val, predicted, "validation split"
+    else:
+        rows, scored, source = ~np.isnan(held_out), held_out, "cross-validation out-of-fold"
+    half = conformal_halfwidth(scored[rows] - ages[rows])
     covered = np.abs(predicted[test] - ages[test]) <= half
-    slope, intercept = fit_age_bias(ages[val], predicted[val])
+    slope, intercept = fit_age_bias(ages[rows], scored[rows])
     card.setdefault("validation", {}).update({
         "val": metrics(ages[val], predicted[val]),
         "test": metrics(ages[test], predicted[test]),
         "train_mean_baseline_test_mae": round(float(np.mean(np.abs(ages[train].mean()
                                                                   - ages[test]))), 3),
     })
-    source = "validation" if held_out_residuals is None else "cross-validation out-of-fold"
-    card["interval"] = {"method": f"split-conformal on {source} |residuals| (n={len(scores)})",
+    n = int(rows.sum())
+    card["interval"] = {"method": f"split-conformal on {source} |residuals| (n={n})",
                         "level": INTERVAL_LEVEL, "halfwidth": round(half, 3),
                         "test_coverage": round(float(covered.mean()), 3)}
     card["bias_correction"] = {"slope": round(slope, 5), "intercept": round(intercept, 4),
-                               "fitted_on": f"validation split (n={int(val.sum())})"}
+                               "fitted_on": f"{source} predictions (n={n})"}
     return card
 
 
@@ -328,34 +366,36 @@ def run(args) -> int:
     common = {
         "version": __version__,
         "training": training_card(subjects, ages, split, args, excluded),
-        "preprocessing": "conform RAS; deepbet; largest component; "
-                         f"N4 (log-spread {LOG_SPREAD}, fit on ~8 mm); antspyx "
-                         "affine to MNI152NLin2009aSym at 2 mm; GMM normalisation (WM = 1)",
         "versions": _versions(),
         "date": _dt.date.today().isoformat(),
         "command": "bids_brainage-train " + " ".join(sys.argv[1:]),
         "licence": "CC BY-SA 3.0 (trained on IXI: Imperial College London, "
                    "brain-development.org; resampled and labelled by NiChart, CBICA)",
     }
-    cards, val_predictions = [], {}
+    cards, val_predictions, oof = [], {}, {}
     if "rf" in names:
-        x = build_inputs(subjects, FOREST_INPUT, nprocs=args.nprocs)
-        extra, model, predicted, oof_residuals = train_forest_model(x, ages, split,
-                                                                    args.folds, args)
+        spec = FOREST_INPUT if args.rf_normalization == "loggmm" else FOREST_INPUT_GMM
+        x = build_inputs(subjects, spec, nprocs=args.nprocs)
+        extra, model, predicted, oof["rf"] = train_sklearn_model(x, ages, split, args.folds,
+                                                                 args)
         from bids_brainage.models.forest import save_forest
 
         save_forest(model, model_dir / "rf.joblib")
+        histogram = ("log intensities (CSF class at 0, WM at 1) and the 3 tissue fractions"
+                     if args.rf_normalization == "loggmm" else "GMM-normalised intensities")
         card = {"name": "rf", "kind": "forest", "file": "rf.joblib",
                 "architecture": f"RandomForestRegressor({args.rf_trees} trees, max_features "
-                                "0.33, min_samples_leaf 2) on the 100-bin GMM histogram inside the template brain eroded by 2 voxels",
-                "input": FOREST_INPUT, **common, "validation": extra}
-        cards.append(calibrate(card, predicted, ages, split, oof_residuals))
+                                f"0.33, min_samples_leaf 2) on the 100-bin histogram of "
+                                f"{histogram} inside the template brain eroded by 2 voxels",
+                "input": spec, **common, "preprocessing": preprocessing(spec),
+                "validation": extra}
+        cards.append(calibrate(card, predicted, ages, split, oof["rf"]))
         val_predictions["rf"] = predicted
     if "morph" in names:
         from bids_brainage.models.forest import save_forest, train_ridge
 
         x = build_inputs(subjects, MORPH_INPUT, nprocs=args.nprocs)
-        extra, model, predicted, oof_residuals = train_forest_model(
+        extra, model, predicted, oof["morph"] = train_sklearn_model(
             x, ages, split, args.folds, args, fit=train_ridge)
         save_forest(model, model_dir / "morph.joblib")
         card = {"name": "morph", "kind": "ridge", "file": "morph.joblib",
@@ -363,8 +403,9 @@ def run(args) -> int:
                                 "the training split) on log-Jacobians of a SyN warp to the "
                                 "template and rank-normalised intensities, both at 8 mm inside "
                                 "the template brain eroded by 2 voxels",
-                "input": MORPH_INPUT, **common, "validation": extra}
-        cards.append(calibrate(card, predicted, ages, split, oof_residuals))
+                "input": MORPH_INPUT, **common, "preprocessing": preprocessing(MORPH_INPUT),
+                "validation": extra}
+        cards.append(calibrate(card, predicted, ages, split, oof["morph"]))
         val_predictions["morph"] = predicted
     resnet_names = [n for n in names if n.startswith("resnet")]
     if resnet_names:
@@ -372,18 +413,21 @@ def run(args) -> int:
 
         spec = resnet_spec(args, subjects, split)
         x = build_inputs(subjects, spec, nprocs=args.nprocs)
-        extra, net, predicted, card = train_resnet_model(x, ages, split, args, spec)
+        extra, net, predicted, card, held_out = train_resnet_model(x, ages, split, args, spec)
         resnet3d.save_resnet(net, model_dir / f"{card['name']}.pt")
-        card.update(file=f"{card['name']}.pt", **common, validation=extra)
-        cards.append(calibrate(card, predicted, ages, split))
+        card.update(file=f"{card['name']}.pt", **common, preprocessing=preprocessing(spec),
+                    validation=extra)
+        cards.append(calibrate(card, predicted, ages, split, held_out))
         val_predictions[card["name"]] = predicted
+        oof[card["name"]] = held_out
     if len(val_predictions) > 1:
-        val = split == "val"
-        weights = ensemble_weights({n: p[val] for n, p in val_predictions.items()}, ages[val])
-        cards.append(ensemble_card(weights, val_predictions, ages, split, {**common}))
+        weights = ensemble_weights({n: p[split != "test"] for n, p in oof.items()},
+                                   ages[split != "test"])
+        cards.append(ensemble_card(weights, val_predictions, ages, split,
+                                   {**common, "preprocessing": PREPROCESSING}, oof))
     if args.robustness:
         apply_robustness(cards, subjects, ages, split, val_predictions, derivatives, args,
-                         model_dir, work_dir)
+                         model_dir, work_dir, oof)
     path = write_models(model_dir, cards)
     for card in cards:
         v = card["validation"]
@@ -392,6 +436,31 @@ def run(args) -> int:
                  v["train_mean_baseline_test_mae"])
     LOG.info("wrote %s", path)
     return 0
+
+
+PREPROCESSING = ("conform RAS; deepbet; largest component; "
+                 f"N4 (log-spread {LOG_SPREAD}, fit on ~8 mm); antspyx affine to "
+                 "MNI152NLin2009aSym at 2 mm")
+
+
+def preprocessing(spec: dict) -> str:
+    """The card's preprocessing line: the shared pipeline, then what the model's input adds.
+
+    >>> preprocessing({"feature": "image", "normalization": "quantile"}).split("; ")[-1]
+    'rank-normalised, mapped onto the reference quantiles'
+    """
+    feature, norm = spec.get("feature", "histogram"), spec.get("normalization", "gmm")
+    if feature == "morphometry":
+        last = "rank-normalised; SyN to the rank-normalised template (log-Jacobians)"
+    elif norm == "quantile":
+        last = "rank-normalised, mapped onto the reference quantiles"
+    elif norm == "rank":
+        last = "rank-normalised"
+    elif norm == "loggmm":
+        last = "log intensities, 3-class GMM (CSF = 0, WM = 1)"
+    else:
+        last = f"{norm} normalisation"
+    return f"{PREPROCESSING}; {last}"
 
 
 def predict_subjects(card: dict, subjects, threads: int) -> np.ndarray:
@@ -405,20 +474,28 @@ def predict_subjects(card: dict, subjects, threads: int) -> np.ndarray:
 
 
 def ensemble_card(weights: dict[str, float], predictions: dict[str, np.ndarray], ages, split,
-                  template: dict) -> dict:
+                  template: dict, held_out: dict[str, np.ndarray] | None = None) -> dict:
+    """The ensemble's card: its members' weights, and its calibration from the weighted
+    out-of-fold predictions (``held_out``, when every member has them)."""
     predicted = sum(w * predictions[n] for n, w in weights.items())
+    combined = None
+    if held_out and all(n in held_out for n in weights):
+        combined = sum(w * held_out[n] for n, w in weights.items())
+    source = ("cross-validation out-of-fold predictions on train+validation"
+              if combined is not None else "validation predictions")
     card = {"name": "ensemble", "kind": "ensemble", "members": weights, "intercept": 0.0,
-            "architecture": ("convex combination, weights minimising validation MAE"
+            "architecture": (f"convex combination, weights (0.05 grid) minimising the MAE of "
+                             f"the members' {source}"
                              if len(weights) > 1 else
-                             f"the single default model {next(iter(weights))} (with its own "
-                             "interval and bias line refitted on validation)"),
+                             f"the single default model {next(iter(weights))} (its interval and "
+                             f"bias line from its {source})"),
             **{k: template[k] for k in ("version", "training", "preprocessing", "versions",
                                         "date", "command", "licence") if k in template}}
-    return calibrate(card, predicted, ages, split)
+    return calibrate(card, predicted, ages, split, combined)
 
 
 def apply_robustness(cards, subjects, ages, split, predictions, derivatives, args, model_dir,
-                     work_dir) -> None:
+                     work_dir, held_out: dict[str, np.ndarray] | None = None) -> None:
     """Measure each model on changed copies of validation brains; keep only robust models
     (every mean |change| < 2 years) in the default ensemble; say why in the others' cards."""
     from bids_brainage.models.robustness import (ROBUST_LIMIT, evaluate, least_sensitive,
@@ -466,9 +543,13 @@ def apply_robustness(cards, subjects, ages, split, predictions, derivatives, arg
     template = others[0]
     cards[:] = others
     if robust:
-        val = split == "val"
-        weights = ensemble_weights({n: predictions[n][val] for n in robust}, ages[val])
-        card = ensemble_card(weights, predictions, ages, split, template)
+        if held_out and all(n in held_out for n in robust):
+            rows, scored = split != "test", held_out
+        else:  # --skip-training: the cards keep no out-of-fold predictions
+            rows, scored = split == "val", predictions
+        weights = ensemble_weights({n: scored[n][rows] for n in robust}, ages[rows])
+        card = ensemble_card(weights, predictions, ages, split,
+                             {**template, "preprocessing": PREPROCESSING}, held_out)
         card["robustness"] = {
             "mean_abs_change_years_bound": {
                 v: round(sum(w * changes[m][v] for m, w in weights.items()), 3)

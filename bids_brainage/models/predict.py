@@ -16,11 +16,12 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     ``{"feature": "histogram", "normalization": "gmm"}`` gives the 100-bin density histogram;
     ``{"feature": "image", "normalization": "gmm", ...}`` the normalised, cropped volume
     (``"normalization": "rank"``: each voxel's percentile in the brain, contrast-free;
-    ``"quantile"``: that percentile mapped through the card's ``reference`` quantiles);
+    ``"quantile"``: that percentile mapped through the card's ``reference`` quantiles;
+    ``"loggmm"``: log intensities with CSF at 0 and WM at 1, the same for any ``c * x**g``);
     ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.morphometry`).
     """
     from bids_brainage.features import intensity_histogram
-    from bids_brainage.preproc.normalize import normalize_intensity
+    from bids_brainage.preproc.normalize import log_tissue_normalise, normalize_intensity
 
     mask = model_region(mask, spec)
     feature = spec.get("feature", "histogram")
@@ -38,6 +39,8 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
         norm, info = rank_normalise(mni, mask), {}
         if spec["normalization"] == "quantile":
             norm = quantile_normalise(norm, mask, spec["reference"])
+    elif spec.get("normalization") == "loggmm":
+        norm, info = log_tissue_normalise(mni, mask)
     else:
         norm, info = normalize_intensity(mni, mask, spec.get("normalization", "gmm"))
     if feature == "histogram":

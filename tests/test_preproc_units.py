@@ -9,7 +9,7 @@ from bids_brainage.features import intensity_histogram
 from bids_brainage.io import InputError, load_t1w
 from bids_brainage.preproc.conform import conform
 from bids_brainage.preproc.mask import largest_component
-from bids_brainage.preproc.normalize import METHODS, normalize_intensity
+from bids_brainage.preproc.normalize import METHODS, log_tissue_normalise, normalize_intensity
 from bids_brainage.preproc.register import antialias
 
 
@@ -45,6 +45,42 @@ def test_normalisation_is_invariant_to_intensity_scale():
     a, _ = normalize_intensity(data, mask, "gmm")
     b, _ = normalize_intensity(data * 10, mask, "gmm")
     assert np.allclose(a, b, atol=1e-4)
+
+
+def test_log_normalisation_is_the_same_for_any_scale_and_gamma():
+    data, labels = _tissue_image(3)
+    mask = np.ones_like(data, bool)
+    mask[0] = False
+    out, info = log_tissue_normalise(data, mask)
+    assert info["peaks"]["CSF"] == pytest.approx(0) and info["peaks"]["WM"] == pytest.approx(1)
+    assert np.median(out[mask & (labels == 1)]) == pytest.approx(info["peaks"]["GM"], abs=0.03)
+    assert not out[~mask].any()
+    for scale, gamma in ((10, 1), (1, 0.8), (0.01, 1.25)):
+        changed, _ = log_tissue_normalise(scale * data**gamma, mask)
+        assert np.abs(changed - out).max() < 1e-3, (scale, gamma)
+    # the GMM-normalised image is not: a gamma moves its grey matter
+    gmm, _ = normalize_intensity(data, mask, "gmm")
+    gmm_g, _ = normalize_intensity(data**0.8, mask, "gmm")
+    assert abs(np.median(gmm_g[labels == 1]) - np.median(gmm[labels == 1])) > 0.03
+
+
+def test_forest_input_is_the_same_for_any_scale_and_gamma():
+    from bids_brainage.models.predict import model_inputs
+    from bids_brainage.train import FOREST_INPUT
+
+    data, _ = _tissue_image(4)
+    mask = np.zeros_like(data, bool)
+    mask[1:-1, 1:-1, 1:-1] = True
+    spec = {k: v for k, v in FOREST_INPUT.items() if k not in ("region", "erode")}
+    x = model_inputs(data, mask, spec)
+    assert x.shape == (103,) and x[-3:].sum() == pytest.approx(1)
+    for scale, gamma in ((10, 1), (1, 0.8), (3, 1.25)):
+        assert np.abs(model_inputs(scale * data**gamma, mask, spec) - x).max() < 1e-3
+
+
+def test_log_normalisation_refuses_a_brain_without_signal():
+    with pytest.raises(ValueError, match="too few positive brain voxels"):
+        log_tissue_normalise(np.zeros((10, 10, 10)), np.ones((10, 10, 10), bool))
 
 
 def test_normalisation_zeroes_outside_mask_and_refuses_tiny_masks():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from bids_brainage.cli.run import main as app
@@ -55,6 +56,18 @@ def test_training_writes_a_model_card_with_metrics(trained):
     assert cards["resnet10"]["input"]["normalization"] == "quantile" and len(reference) == 101
     assert reference == sorted(reference) and 0.3 < reference[50] < 1.1
     assert cards["morph"]["kind"] == "ridge" and cards["morph"]["validation"]["cv"]["n"] > 0
+    # every model, the ResNet too, is cross-validated on train+val, and every interval and
+    # bias line (the ensemble's too) comes from those out-of-fold predictions
+    n_dev = cards["rf"]["training"]["n_train"] + cards["rf"]["training"]["n_val"]
+    for card in cards.values():
+        assert f"out-of-fold |residuals| (n={n_dev})" in card["interval"]["method"]
+        assert f"(n={n_dev})" in card["bias_correction"]["fitted_on"]
+    assert cards["resnet10"]["validation"]["cv"]["n"] == n_dev
+    assert sum(cards["ensemble"]["members"].values()) == pytest.approx(1.0)
+    # the default forest reads the contrast-free log histogram and the tissue fractions
+    assert cards["rf"]["input"]["normalization"] == "loggmm"
+    assert cards["rf"]["input"]["feature"] == "histogram+tissue"
+    assert cards["rf"]["preprocessing"].endswith("log intensities, 3-class GMM (CSF = 0, WM = 1)")
 
 
 def test_same_seed_gives_identical_models(trained):
@@ -71,12 +84,28 @@ def test_same_seed_gives_identical_models(trained):
 
 def test_trained_directory_predicts_on_the_example(trained, example_run, tmp_path):
     _, _, work = example_run
-    out = tmp_path / "out"
-    assert app([str(EXAMPLE), str(out), "participant", "-w", str(work), "--nprocs", "2",
-                "--model-dir", str(trained[0]), "--models", "all", "--no-report"]) == 0
-    rows = (out / "sub-IXI095/anat/sub-IXI095_brainage.tsv").read_text().splitlines()
-    models = [line.split("\t")[3] for line in rows[1:]]
-    assert models == ["rf", "morph", "resnet10", "ensemble"]
+    models = tmp_path / "models"
+    shutil.copytree(trained[0], models)
+
+    def run(out):
+        assert app([str(EXAMPLE), str(out), "participant", "-w", str(work), "--nprocs", "2",
+                    "--participant-label", "IXI095", "--model-dir", str(models),
+                    "--models", "all", "--no-report"]) == 0
+        rows = (out / "sub-IXI095/anat/sub-IXI095_brainage.tsv").read_text().splitlines()
+        return {r.split("\t")[3]: r.split("\t") for r in rows[1:]}
+
+    rows = run(tmp_path / "out")
+    assert list(rows) == ["rf", "morph", "resnet10", "ensemble"]
+    # models retrained into the same directory, run with the same work directory: the
+    # prediction must come from the new cards, not from nipype's cache of the old ones
+    # (it did: the robustness runs of the training command once reported stale figures)
+    registry = json.loads((models / "models.json").read_text())
+    for card in registry["models"]:
+        if card["name"] == "rf":
+            card["interval"]["halfwidth"] = 1.25
+    (models / "models.json").write_text(json.dumps(registry))
+    rf = run(tmp_path / "out2")["rf"]
+    assert float(rf[6]) - float(rf[5]) == pytest.approx(2.5, abs=0.01)
 
 
 def test_corrupted_weights_are_refused(trained, tmp_path):
@@ -89,3 +118,24 @@ def test_corrupted_weights_are_refused(trained, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="sha256"):
         verified_file(card)
+
+
+def test_doctests():
+    import doctest
+
+    from bids_brainage import train
+
+    assert doctest.testmod(train).failed == 0
+
+
+def test_ensemble_weights_minimise_held_out_mae():
+    from bids_brainage.train import ensemble_weights
+
+    rng = np.random.default_rng(0)
+    age = rng.uniform(20, 80, 200)
+    good, noisy = age + rng.normal(0, 2, 200), age + rng.normal(0, 8, 200)
+    useless = np.full(200, age.mean())
+    weights = ensemble_weights({"good": good, "noisy": noisy, "useless": useless}, age)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert weights["good"] >= 0.8 and weights["useless"] == 0.0
+    assert ensemble_weights({"only": good}, age) == {"only": 1.0}

@@ -20,6 +20,10 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
     mni_mask = File(exists=True, mandatory=True)
     model_dir = traits.Str("", usedefault=True, desc="empty: the bundled models")
     models = traits.List(traits.Str, desc="model names; empty: the card's defaults")
+    cards_sha256 = traits.Str("", usedefault=True,
+                              desc="sha256 of the model directory's models.json: part of the "
+                                   "node's cache key, so models retrained into the same "
+                                   "directory are never answered from a cached prediction")
     threads = traits.Int(1, usedefault=True, nohash=True)
 
 

@@ -30,6 +30,13 @@ def model_dir_or_default(model_dir: Path | str | None) -> Path:
     return Path(model_dir) if model_dir else BUNDLED_DIR
 
 
+def cards_sha256(model_dir: Path | str | None = None) -> str:
+    """The sha256 of a model directory's card file, which lists every weight file's sha256:
+    it changes whenever any model in the directory does ("" when there is no card file)."""
+    path = model_dir_or_default(model_dir) / CARD_FILE
+    return sha256sum(path) if path.exists() else ""
+
+
 def load_cards(model_dir: Path | str | None = None) -> dict[str, dict]:
     """The cards of a model directory by name, in file order; each gets ``_dir`` added."""
     folder = model_dir_or_default(model_dir)

@@ -131,8 +131,12 @@ def evaluate(model_dir: Path, images: dict[str, tuple[Path, Path | None]], work:
 
     from bids_brainage.cli.run import main as app
 
+    import shutil
+
     data = write_variant_dataset(images, Path(work) / "variants")
     out = Path(work) / "variants_out"
+    # a fresh output folder: a variant that fails now must not be read from an earlier run
+    shutil.rmtree(out, ignore_errors=True)
     app([str(data), str(out), "participant", "-w", str(Path(work) / "variants_work"),
          "--nprocs", str(nprocs), "--skip-bids-validation", "--no-report", "--models", "all",
          "--model-dir", str(model_dir)])

@@ -106,8 +106,11 @@ def init_image_wf(*, image, settings, age, predict: bool = True, name: str) -> p
         (timings, sink, [("timings", "timings")]),
     ])
     if predict:
+        from bids_brainage.models.registry import cards_sha256
+
         predictor = pe.Node(Predict(
             model_dir=str(settings.model_dir or ""), models=list(settings.models),
+            cards_sha256=cards_sha256(settings.model_dir),
             threads=settings.omp_nthreads,
         ), name="predict", mem_gb=1.0, n_procs=settings.omp_nthreads)
         workflow.connect([

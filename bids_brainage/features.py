@@ -18,6 +18,8 @@ HIST_RANGE = {
     # log intensities, CSF class at 0 and WM at 1 (normalize.log_tissue_normalise): the
     # 1st-99th percentiles of the training brains are about -0.95 and 1.18
     "loggmm": (-0.5, 1.3),
+    # log intensities, the brain's 10th percentile at 0 and 90th at 1
+    "logquantile": (-1.0, 1.6),
 }
 
 

@@ -29,10 +29,17 @@ LOG = logging.getLogger("bids_brainage.train")
 MODEL_REGION = {"region": "template", "erode": REGION_ERODE}
 # the original project's forest: the 100-bin histogram of GMM-normalised intensities (WM = 1)
 FOREST_INPUT_GMM = {"feature": "histogram", "normalization": "gmm", "bins": 100, **MODEL_REGION}
-# the default forest: the histogram of log intensities with CSF at 0 and WM at 1, and the
-# three tissue fractions: the same for any scale or gamma change of the image
-FOREST_INPUT = {"feature": "histogram+tissue", "normalization": "loggmm", "bins": 100,
-                **MODEL_REGION}
+# the default forest: the histogram of log intensities with the brain's 10th and 90th
+# percentiles at 0 and 1, and the three tissue fractions: the same for any scale or gamma
+# change of the image; "loggmm" anchors CSF and WM instead (moved 4.6 y at 1 mm)
+FOREST_INPUTS = {
+    "logquantile": {"feature": "histogram+tissue", "normalization": "logquantile",
+                    "bins": 100, **MODEL_REGION},
+    "loggmm": {"feature": "histogram+tissue", "normalization": "loggmm", "bins": 100,
+               **MODEL_REGION},
+    "gmm": FOREST_INPUT_GMM,
+}
+FOREST_INPUT = FOREST_INPUTS["logquantile"]
 MORPH_INPUT = {"feature": "morphometry", **MODEL_REGION}
 INTERVAL_LEVEL = 0.9
 
@@ -60,10 +67,11 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-label", nargs="+", default=(),
                    help="participants never used (e.g. an example dataset's)")
     p.add_argument("--rf-trees", type=int, default=500)
-    p.add_argument("--rf-normalization", choices=("loggmm", "gmm"), default="loggmm",
-                   help="forest input: the histogram of log intensities with the CSF and WM "
-                        "classes at 0 and 1, plus tissue fractions (the same for any scale or "
-                        "gamma change); or the original project's histogram of GMM-normalised "
+    p.add_argument("--rf-normalization", choices=tuple(FOREST_INPUTS), default="logquantile",
+                   help="forest input: the histogram of log intensities with the brain's 10th "
+                        "and 90th percentiles at 0 and 1, plus tissue fractions (the same for "
+                        "any scale or gamma change); the same with the CSF and WM classes at 0 "
+                        "and 1 (loggmm); or the original project's histogram of GMM-normalised "
                         "intensities (WM = 1), which moves >10 years under a gamma change")
     p.add_argument("--resnet-depth", type=int, default=34)
     p.add_argument("--resnet-width", type=int, default=16)
@@ -374,15 +382,18 @@ def run(args) -> int:
     }
     cards, val_predictions, oof = [], {}, {}
     if "rf" in names:
-        spec = FOREST_INPUT if args.rf_normalization == "loggmm" else FOREST_INPUT_GMM
+        spec = FOREST_INPUTS[args.rf_normalization]
         x = build_inputs(subjects, spec, nprocs=args.nprocs)
         extra, model, predicted, oof["rf"] = train_sklearn_model(x, ages, split, args.folds,
                                                                  args)
         from bids_brainage.models.forest import save_forest
 
         save_forest(model, model_dir / "rf.joblib")
-        histogram = ("log intensities (CSF class at 0, WM at 1) and the 3 tissue fractions"
-                     if args.rf_normalization == "loggmm" else "GMM-normalised intensities")
+        histogram = {"logquantile": "log intensities (10th percentile at 0, 90th at 1) and "
+                                    "the 3 tissue fractions",
+                     "loggmm": "log intensities (CSF class at 0, WM at 1) and the 3 tissue "
+                               "fractions",
+                     "gmm": "GMM-normalised intensities"}[args.rf_normalization]
         card = {"name": "rf", "kind": "forest", "file": "rf.joblib",
                 "architecture": f"RandomForestRegressor({args.rf_trees} trees, max_features "
                                 f"0.33, min_samples_leaf 2) on the 100-bin histogram of "
@@ -458,6 +469,8 @@ def preprocessing(spec: dict) -> str:
         last = "rank-normalised"
     elif norm == "loggmm":
         last = "log intensities, 3-class GMM (CSF = 0, WM = 1)"
+    elif norm == "logquantile":
+        last = "log intensities (10th percentile = 0, 90th = 1)"
     else:
         last = f"{norm} normalisation"
     return f"{PREPROCESSING}; {last}"

@@ -65,9 +65,9 @@ def test_training_writes_a_model_card_with_metrics(trained):
     assert cards["resnet10"]["validation"]["cv"]["n"] == n_dev
     assert sum(cards["ensemble"]["members"].values()) == pytest.approx(1.0)
     # the default forest reads the contrast-free log histogram and the tissue fractions
-    assert cards["rf"]["input"]["normalization"] == "loggmm"
+    assert cards["rf"]["input"]["normalization"] == "logquantile"
     assert cards["rf"]["input"]["feature"] == "histogram+tissue"
-    assert cards["rf"]["preprocessing"].endswith("log intensities, 3-class GMM (CSF = 0, WM = 1)")
+    assert cards["rf"]["preprocessing"].endswith("log intensities (10th percentile = 0, 90th = 1)")
 
 
 def test_same_seed_gives_identical_models(trained):

@@ -17,7 +17,8 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     ``{"feature": "image", "normalization": "gmm", ...}`` the normalised, cropped volume
     (``"normalization": "rank"``: each voxel's percentile in the brain, contrast-free;
     ``"quantile"``: that percentile mapped through the card's ``reference`` quantiles;
-    ``"loggmm"``: log intensities with CSF at 0 and WM at 1, the same for any ``c * x**g``);
+    ``"loggmm"`` / ``"logquantile"``: log intensities with CSF at 0 and WM at 1, or the 10th
+    and 90th percentiles at 0 and 1; both the same for any ``c * x**g``);
     ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.morphometry`).
     """
     from bids_brainage.features import intensity_histogram
@@ -39,8 +40,9 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
         norm, info = rank_normalise(mni, mask), {}
         if spec["normalization"] == "quantile":
             norm = quantile_normalise(norm, mask, spec["reference"])
-    elif spec.get("normalization") == "loggmm":
-        norm, info = log_tissue_normalise(mni, mask)
+    elif spec.get("normalization") in ("loggmm", "logquantile"):
+        anchor = "tissue" if spec["normalization"] == "loggmm" else "quantile"
+        norm, info = log_tissue_normalise(mni, mask, anchor=anchor)
     else:
         norm, info = normalize_intensity(mni, mask, spec.get("normalization", "gmm"))
     if feature == "histogram":

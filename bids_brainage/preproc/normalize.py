@@ -103,14 +103,20 @@ def white_stripe(values: np.ndarray, width: float = 0.05) -> tuple[float, float]
 LOG_CLIP_PERCENTILE = 0.5  # darker brain voxels are raised to this percentile before the log
 
 
-def log_tissue_normalise(data: np.ndarray, mask: np.ndarray,
-                         seed: int = 0) -> tuple[np.ndarray, dict]:
-    """Log intensities mapped linearly so that the CSF class lands at 0 and WM at 1.
+LOG_ANCHOR_QUANTILES = (10.0, 90.0)
 
-    The 3-class mixture is fitted to ``log x``, so the map follows any ``c * x**g``
-    (a scale and a gamma are a shift and a scale of log intensities, and the fit starts at
-    quantiles): the output, and a histogram of it, are the same for every such change. A
-    model input only (the forest's); the app's ``--normalization`` choices are in
+
+def log_tissue_normalise(data: np.ndarray, mask: np.ndarray, seed: int = 0,
+                         anchor: str = "tissue") -> tuple[np.ndarray, dict]:
+    """Log intensities mapped linearly onto fixed anchors: the CSF class at 0 and WM at 1
+    (``anchor="tissue"``), or the brain's 10th and 90th percentiles (``"quantile"``).
+
+    A scale and a gamma are a shift and a scale of log intensities; percentiles follow them
+    exactly, and so does the 3-class mixture fitted to ``log x`` (it starts at quantiles):
+    the output, and a histogram of it, are the same for any ``c * x**g``. The quantile
+    anchors do not depend on the darkest voxels, which the CSF class mean does (they move
+    with a 1 mm scan's smoothing and the registration). The tissue peaks are in ``info`` for
+    either. A model input only (the forest's); the app's ``--normalization`` choices are in
     ``METHODS``. Voxels outside the mask are 0.
 
     >>> rng = np.random.default_rng(3)
@@ -122,6 +128,10 @@ def log_tissue_normalise(data: np.ndarray, mask: np.ndarray,
     >>> changed, _ = log_tissue_normalise(10 * brain ** 0.8, mask)
     >>> float(np.abs(changed - out).max()) < 1e-4
     True
+    >>> out, info = log_tissue_normalise(brain, mask, anchor="quantile")
+    >>> changed, _ = log_tissue_normalise(10 * brain ** 0.8, mask, anchor="quantile")
+    >>> float(np.abs(changed - out).max()) < 1e-4, float(np.percentile(out, 90))
+    (True, 1.0)
     """
     mask = np.asarray(mask, bool)
     values = np.asarray(data, np.float64)[mask]
@@ -132,12 +142,19 @@ def log_tissue_normalise(data: np.ndarray, mask: np.ndarray,
     floor = max(float(np.percentile(values, LOG_CLIP_PERCENTILE)), float(positive.min()))
     logs = np.log(np.maximum(values, floor))
     means = tissue_means(logs, seed=seed)
-    scale = 1.0 / (means[2] - means[0])
-    shift = -means[0] * scale
+    if anchor == "tissue":
+        low, high = means[0], means[2]
+    elif anchor == "quantile":
+        low, high = np.percentile(logs, LOG_ANCHOR_QUANTILES)
+    else:
+        raise ValueError(f"unknown anchor {anchor!r}; choose tissue or quantile")
+    scale = 1.0 / (high - low)
+    shift = -low * scale
     out = np.zeros(mask.shape, np.float32)
     out[mask] = logs * scale + shift
     peaks = dict(zip(("CSF", "GM", "WM"), (float(m * scale + shift) for m in means)))
-    return out, {"method": "loggmm", "scale": float(scale), "shift": float(shift),
+    method = "loggmm" if anchor == "tissue" else "logquantile"
+    return out, {"method": method, "scale": float(scale), "shift": float(shift),
                  "peaks": peaks, "wm_target": 1.0, "log_floor": floor}
 
 

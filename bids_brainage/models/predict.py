@@ -22,7 +22,11 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.morphometry`).
     """
     from bids_brainage.features import intensity_histogram
-    from bids_brainage.preproc.normalize import log_tissue_normalise, normalize_intensity
+    from bids_brainage.preproc.normalize import (
+        LOG_METHODS,
+        log_tissue_normalise,
+        normalize_intensity,
+    )
 
     mask = model_region(mask, spec)
     feature = spec.get("feature", "histogram")
@@ -40,9 +44,8 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
         norm, info = rank_normalise(mni, mask), {}
         if spec["normalization"] == "quantile":
             norm = quantile_normalise(norm, mask, spec["reference"])
-    elif spec.get("normalization") in ("loggmm", "logquantile"):
-        anchor = "tissue" if spec["normalization"] == "loggmm" else "quantile"
-        norm, info = log_tissue_normalise(mni, mask, anchor=anchor)
+    elif spec.get("normalization") in LOG_METHODS:
+        norm, info = log_tissue_normalise(mni, mask, method=spec["normalization"])
     else:
         norm, info = normalize_intensity(mni, mask, spec.get("normalization", "gmm"))
     if feature == "histogram":

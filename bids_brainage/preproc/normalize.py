@@ -106,10 +106,13 @@ LOG_CLIP_PERCENTILE = 0.5  # darker brain voxels are raised to this percentile b
 LOG_ANCHOR_QUANTILES = (10.0, 90.0)
 
 
+LOG_METHODS = ("loggmm", "logquantile")
+
+
 def log_tissue_normalise(data: np.ndarray, mask: np.ndarray, seed: int = 0,
-                         anchor: str = "tissue") -> tuple[np.ndarray, dict]:
+                         method: str = "loggmm") -> tuple[np.ndarray, dict]:
     """Log intensities mapped linearly onto fixed anchors: the CSF class at 0 and WM at 1
-    (``anchor="tissue"``), or the brain's 10th and 90th percentiles (``"quantile"``).
+    (``"loggmm"``), or the brain's 10th and 90th percentiles (``"logquantile"``).
 
     A scale and a gamma are a shift and a scale of log intensities; percentiles follow them
     exactly, and so does the 3-class mixture fitted to ``log x`` (it starts at quantiles):
@@ -128,8 +131,8 @@ def log_tissue_normalise(data: np.ndarray, mask: np.ndarray, seed: int = 0,
     >>> changed, _ = log_tissue_normalise(10 * brain ** 0.8, mask)
     >>> float(np.abs(changed - out).max()) < 1e-4
     True
-    >>> out, info = log_tissue_normalise(brain, mask, anchor="quantile")
-    >>> changed, _ = log_tissue_normalise(10 * brain ** 0.8, mask, anchor="quantile")
+    >>> out, info = log_tissue_normalise(brain, mask, method="logquantile")
+    >>> changed, _ = log_tissue_normalise(10 * brain ** 0.8, mask, method="logquantile")
     >>> float(np.abs(changed - out).max()) < 1e-4, float(np.percentile(out, 90))
     (True, 1.0)
     """
@@ -142,20 +145,20 @@ def log_tissue_normalise(data: np.ndarray, mask: np.ndarray, seed: int = 0,
     floor = max(float(np.percentile(values, LOG_CLIP_PERCENTILE)), float(positive.min()))
     logs = np.log(np.maximum(values, floor))
     means = tissue_means(logs, seed=seed)
-    if anchor == "tissue":
+    if method == "loggmm":
         low, high = means[0], means[2]
-    elif anchor == "quantile":
+    elif method == "logquantile":
         low, high = np.percentile(logs, LOG_ANCHOR_QUANTILES)
     else:
-        raise ValueError(f"unknown anchor {anchor!r}; choose tissue or quantile")
+        raise ValueError(f"unknown log normalisation {method!r}; choose from {LOG_METHODS}")
     scale = 1.0 / (high - low)
     shift = -low * scale
     out = np.zeros(mask.shape, np.float32)
     out[mask] = logs * scale + shift
     peaks = dict(zip(("CSF", "GM", "WM"), (float(m * scale + shift) for m in means)))
-    method = "loggmm" if anchor == "tissue" else "logquantile"
     return out, {"method": method, "scale": float(scale), "shift": float(shift),
-                 "peaks": peaks, "wm_target": 1.0, "log_floor": floor}
+                 "peaks": peaks, "wm_target": 1.0 if method == "loggmm" else None,
+                 "log_floor": floor}
 
 
 def normalize_intensity(data: np.ndarray, mask: np.ndarray, method: str = "gmm",

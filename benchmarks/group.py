@@ -75,7 +75,7 @@ def run_child(bids: str, out: str, model_dir: str) -> None:
     """In a fresh process: time run_group and each stage; print one JSON line."""
     start = time.perf_counter()
     stages: dict[str, float] = {}
-    from bids_brainage import group
+    from bids_brainage.levels import group
     from bids_brainage.config import Settings
     from bids_brainage.reports import group as report
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nibabel as nib
 
-from bids_brainage.models.robustness import upsample_to_1mm
+from bids_brainage.training.robustness import upsample_to_1mm
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "ds-ixi3"

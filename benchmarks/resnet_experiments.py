@@ -51,8 +51,8 @@ def augment_preset(name: str) -> dict:
 def finished_without_models(derivs: Path, participants: dict):
     """Like ``find_subjects``, for derivatives written with no model (an empty TSV): the
     JSON sidecar's ``status`` says whether preprocessing finished."""
-    from bids_brainage.bids import participant_age
-    from bids_brainage.models.dataset import Subject
+    from bids_brainage.bids.participants import participant_age
+    from bids_brainage.training.dataset import Subject
 
     subjects = []
     for sidecar in sorted(Path(derivs).glob("sub-*/**/anat/*_brainage.json")):
@@ -72,11 +72,11 @@ def build_cache(derivs: Path, raw: Path, cache: Path, allow_partial: bool = Fals
     """Stack the full-resolution network inputs of every finished participant into ``cache``."""
     from tqdm import tqdm
 
-    from bids_brainage.bids import read_participants
-    from bids_brainage.models.dataset import find_subjects, load_mni
+    from bids_brainage.bids.participants import read_participants
+    from bids_brainage.training.dataset import find_subjects, load_mni
     from bids_brainage.models.resnet3d import crop_to_grid, image_spec
     from bids_brainage.preproc.normalize import normalize_intensity
-    from bids_brainage.splits import DEFAULT_SEED, stratified_assign
+    from bids_brainage.training.splits import DEFAULT_SEED, stratified_assign
 
     participants = read_participants(raw)
     subjects = find_subjects(derivs, participants)
@@ -202,8 +202,8 @@ def robustness(args) -> None:
     mostly remove)."""
     import torch
 
-    from bids_brainage.bids import read_participants
-    from bids_brainage.models.dataset import load_mni
+    from bids_brainage.bids.participants import read_participants
+    from bids_brainage.training.dataset import load_mni
     from bids_brainage.models.registry import load_cards
     from bids_brainage.models.predict import load_predictor, model_inputs
 

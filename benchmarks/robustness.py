@@ -3,7 +3,7 @@
     python benchmarks/robustness.py [--n 6] [--model-dir DIR] [--pool ../shared/data/ixi-hh-2mm]
 
 Takes the first N validation participants named in the model card, makes the variants of
-``bids_brainage.models.robustness`` (skull-stripped with the DLMUSE reference mask, 1 mm,
+``bids_brainage.training.robustness`` (skull-stripped with the DLMUSE reference mask, 1 mm,
 gamma 0.8 / 1.25, ×10, bias field), runs the participant pipeline on them with every model
 (``--skull-strip auto``, as users run it), and prints the mean |change| in years per model and
 variant. Writes the table as JSON with ``--json``.
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bids_brainage.models.registry import load_cards, model_dir_or_default
-from bids_brainage.models.robustness import VARIANTS, evaluate
+from bids_brainage.training.robustness import VARIANTS, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_brainage.bids import read_participants
-from bids_brainage.models.dataset import build_inputs, find_subjects
+from bids_brainage.bids.participants import read_participants
+from bids_brainage.training.dataset import build_inputs, find_subjects
 from bids_brainage.models.forest import train_forest
-from bids_brainage.splits import DEFAULT_SEED, SPLIT_FRACTIONS, stratified_assign
+from bids_brainage.training.splits import DEFAULT_SEED, SPLIT_FRACTIONS, stratified_assign
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_DIR = ROOT.parent / "shared" / "data" / "seed-histograms"

@@ -1,4 +1,4 @@
-"""Atomic writes and input checks shared by every stage.
+"""Files in and out, shared by every stage: atomic writes, checked image loading, folder scans.
 
 An interrupted run must leave no half-written file: everything goes to a temporary name in
 the destination folder and is renamed into place (``os.replace`` is atomic on POSIX).
@@ -110,3 +110,16 @@ def load_t1w(path: Path | str):
     if float(data.max()) == float(data.min()):
         raise InputError(f"{path}: the image is constant ({float(data.max())})")
     return nib.Nifti1Image(data, affine, img.header)
+
+
+def scan_dir(folder: Path, *, dirs: bool, prefix: str) -> list[Path]:
+    """Entries of ``folder`` whose names start with ``prefix`` (folders or files); none when
+    ``folder`` is missing. ``os.scandir``: cohorts have thousands of folders."""
+    try:
+        with os.scandir(folder) as entries:
+            return [
+                Path(e.path) for e in entries
+                if e.name.startswith(prefix) and e.is_dir() == dirs
+            ]
+    except (FileNotFoundError, NotADirectoryError):
+        return []

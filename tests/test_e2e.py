@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_brainage.bids import read_participants
+from bids_brainage.bids.participants import read_participants
 from bids_brainage.cli.run import main
 from bids_brainage.models.registry import default_models, load_cards
-from bids_brainage.models.robustness import upsample_to_1mm
+from bids_brainage.training.robustness import upsample_to_1mm
 from conftest import EXAMPLE, copy_dataset
 
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def test_sidecar_records_models_settings_timings(example_run):
 
 def test_outputs_pass_the_bids_validator_as_a_derivative_dataset(example_run):
     _, out, _ = example_run
-    from bids_brainage.bids import _validator_command
+    from bids_brainage.bids.validate import _validator_command
 
     proc = subprocess.run(_validator_command() + ["--format", "json", str(out)],
                           capture_output=True, text=True)
@@ -105,7 +105,7 @@ def test_rerun_with_the_same_work_dir_reuses_results(example_run):
 
 
 def test_participant_label_with_prefix_selects_the_same_images(tmp_path):
-    from bids_brainage.bids import find_t1w
+    from bids_brainage.bids.layout import find_t1w
 
     a = find_t1w(EXAMPLE, ("IXI095",))
     from bids_brainage.cli.parser import get_parser

@@ -7,7 +7,6 @@ import logging
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,8 +14,8 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from bids_brainage import cohort as cohort_stats
-from bids_brainage import group
+from bids_brainage.stats import cohort as cohort_stats
+from bids_brainage.levels import group
 from bids_brainage.config import Settings
 
 try:

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from bids_brainage import metrics
+from bids_brainage.stats import metrics
 
 
 @pytest.fixture(params=[0, 1, 2])

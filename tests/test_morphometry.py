@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_brainage import morphometry as mo
-from bids_brainage.template import template_2mm, template_mask
+from bids_brainage.features import morphometry as mo
+from bids_brainage.preproc.template import template_2mm, template_mask
 
 
 def test_rank_normalise_ignores_monotonic_changes_and_the_outside():

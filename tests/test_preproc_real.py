@@ -13,7 +13,7 @@ from bids_brainage.preproc.conform import conform
 from bids_brainage.preproc.normalize import METHODS, normalize_intensity, tissue_means
 from bids_brainage.preproc.register import register_to_template
 from bids_brainage.preproc.skullstrip import skull_strip
-from bids_brainage.template import template_2mm, template_mask
+from bids_brainage.preproc.template import template_2mm, template_mask
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_n4_lowers_white_matter_variation_of_a_biased_image(stripped):
 
 def _rank_change(a, b, mask):
     """Mean |difference of within-mask percentile| of two images of the same grid."""
-    from bids_brainage.morphometry import rank_normalise
+    from bids_brainage.features.morphometry import rank_normalise
 
     return float(np.abs(rank_normalise(a, mask) - rank_normalise(b, mask))[mask].mean())
 
@@ -110,7 +110,7 @@ def test_n4_commutes_with_a_contrast_change(stripped):
 
 def test_n4_fits_the_same_field_to_a_1mm_version(stripped):
     """A 1 mm copy is fitted on the same ~8 mm grid of 2 mm block means as the scan itself."""
-    from bids_brainage.models.robustness import upsample_to_1mm
+    from bids_brainage.training.robustness import upsample_to_1mm
 
     img, mask = stripped
     _, field = n4_correct(img, mask)

@@ -5,7 +5,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_brainage.features import intensity_histogram
+from bids_brainage.features.histogram import intensity_histogram
 from bids_brainage.io import InputError, load_t1w
 from bids_brainage.preproc.conform import conform
 from bids_brainage.preproc.mask import largest_component
@@ -66,7 +66,7 @@ def test_log_normalisation_is_the_same_for_any_scale_and_gamma():
 
 def test_forest_input_is_the_same_for_any_scale_and_gamma():
     from bids_brainage.models.predict import model_inputs
-    from bids_brainage.train import FOREST_INPUT
+    from bids_brainage.training.train import FOREST_INPUT
 
     data, _ = _tissue_image(4)
     mask = np.zeros_like(data, bool)

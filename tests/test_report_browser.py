@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import queue
-import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -232,7 +231,7 @@ def test_participant_report_in_chromium(browser, tmp_path):
 
 
 def test_group_report_in_chromium(browser, tmp_path):
-    from bids_brainage import group
+    from bids_brainage.levels import group
     from bids_brainage.reports.group import write_group_report
 
     ages = data.participant_ages()

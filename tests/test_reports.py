@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bids_brainage import group
+from bids_brainage.levels import group
 from bids_brainage.reports import figures, templates
 from bids_brainage.reports.group import write_group_report
 from bids_brainage.reports.participant import write_participant_report

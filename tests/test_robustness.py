@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bids_brainage.models.registry import BUNDLED_DIR, default_models, load_cards
-from bids_brainage.models.robustness import (
+from bids_brainage.training.robustness import (
     ROBUST_LIMIT,
     evaluate,
     make_variant,

@@ -10,7 +10,7 @@ import pytest
 
 from bids_brainage.cli.run import main as app
 from bids_brainage.models.registry import ModelError, load_cards, verified_file
-from bids_brainage.train import main as train
+from bids_brainage.cli.train import main as train
 from conftest import EXAMPLE
 
 pytestmark = pytest.mark.slow
@@ -123,13 +123,13 @@ def test_corrupted_weights_are_refused(trained, tmp_path):
 def test_doctests():
     import doctest
 
-    from bids_brainage import train
+    from bids_brainage.training import train
 
     assert doctest.testmod(train).failed == 0
 
 
 def test_ensemble_weights_minimise_held_out_mae():
-    from bids_brainage.train import ensemble_weights
+    from bids_brainage.training.train import ensemble_weights
 
     rng = np.random.default_rng(0)
     age = rng.uniform(20, 80, 200)

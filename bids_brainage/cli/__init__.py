@@ -1,0 +1,1 @@
+"""Command lines: ``parser`` and ``run`` (the BIDS App), ``train`` (``bids_brainage-train``)."""

@@ -91,20 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     apply_thread_environment(settings)
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     if settings.analysis_level == "group":
-        from bids_brainage.group import run_group
+        from bids_brainage.levels.group import run_group
 
         return run_group(settings)
     return _participant(settings)
 
 
 def _participant(settings) -> int:
-    from bids_brainage import bids
+    from bids_brainage.bids.layout import NoMatchError
+    from bids_brainage.bids.validate import BIDSError, validate_bids
     from bids_brainage.models.registry import ModelError, load_cards, select_models, verify_all
 
     if not settings.skip_bids_validation:
         try:
-            warnings = bids.validate_bids(settings.bids_dir)
-        except bids.BIDSError as exc:
+            warnings = validate_bids(settings.bids_dir)
+        except BIDSError as exc:
             LOG.error("%s", exc)
             return EXIT_INVALID_BIDS
         if warnings:
@@ -117,11 +118,11 @@ def _participant(settings) -> int:
     except ModelError as exc:
         LOG.error("%s", exc)
         return EXIT_USAGE
-    from bids_brainage.participant import run_participant
+    from bids_brainage.levels.participant import run_participant
 
     try:
         return run_participant(settings)
-    except bids.NoMatchError as exc:
+    except NoMatchError as exc:
         LOG.error("%s", exc)
         return EXIT_NO_MATCH
 

@@ -7,31 +7,17 @@ step itself (the sidecar's per-stage timings).
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
-    SimpleInterface,
     TraitedSpec,
     traits,
 )
 
+from bids_brainage.interfaces.base import TimedInterface
 from bids_brainage.preproc.bias import LOG_SPREAD
-
-
-class _TimedInterface(SimpleInterface):
-    """A SimpleInterface whose ``_run`` is timed into the ``seconds`` output."""
-
-    def _run_interface(self, runtime):
-        start = time.perf_counter()
-        self._run(Path(runtime.cwd))
-        self._results["seconds"] = round(time.perf_counter() - start, 3)
-        return runtime
-
-    def _run(self, cwd: Path):  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 def _load(path):
@@ -61,7 +47,7 @@ class _ConformOutputSpec(TraitedSpec):
     seconds = traits.Float()
 
 
-class Conform(_TimedInterface):
+class Conform(TimedInterface):
     """Check the input (readable, 3-D, finite, non-empty, sane affine) and conform it."""
 
     input_spec = _ConformInputSpec
@@ -89,7 +75,7 @@ class _SkullStripOutputSpec(TraitedSpec):
     seconds = traits.Float()
 
 
-class SkullStrip(_TimedInterface):
+class SkullStrip(TimedInterface):
     """Brain mask by deepbet, or the non-zero voxels of an already stripped image."""
 
     input_spec = _SkullStripInputSpec
@@ -124,7 +110,7 @@ class _MaskOutputSpec(TraitedSpec):
     seconds = traits.Float()
 
 
-class LargestComponent(_TimedInterface):
+class LargestComponent(TimedInterface):
     """Keep the largest connected component of the mask and fill its holes."""
 
     input_spec = _MaskInputSpec
@@ -154,7 +140,7 @@ class _N4OutputSpec(TraitedSpec):
     seconds = traits.Float()
 
 
-class N4(_TimedInterface):
+class N4(TimedInterface):
     """N4 bias-field correction inside the brain mask, fitted on a coarse copy (~8 mm)."""
 
     input_spec = _N4InputSpec
@@ -189,7 +175,7 @@ class _RegisterOutputSpec(TraitedSpec):
     seconds = traits.Float()
 
 
-class Register(_TimedInterface):
+class Register(TimedInterface):
     """Register to MNI152NLin2009aSym (antspyx) and resample onto the 2 mm grid."""
 
     input_spec = _RegisterInputSpec
@@ -225,7 +211,7 @@ class _NormalizeOutputSpec(TraitedSpec):
     seconds = traits.Float()
 
 
-class Normalize(_TimedInterface):
+class Normalize(TimedInterface):
     """Intensity normalisation of the MNI-space brain, and its 100-bin histogram."""
 
     input_spec = _NormalizeInputSpec
@@ -234,7 +220,7 @@ class Normalize(_TimedInterface):
     def _run(self, cwd):
         import numpy as np
 
-        from bids_brainage.features import intensity_histogram
+        from bids_brainage.features.histogram import intensity_histogram
         from bids_brainage.preproc.normalize import normalize_intensity
 
         img = _load(self.inputs.in_file)

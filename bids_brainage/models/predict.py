@@ -19,9 +19,9 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     ``"quantile"``: that percentile mapped through the card's ``reference`` quantiles;
     ``"loggmm"`` / ``"logquantile"``: log intensities with CSF at 0 and WM at 1, or the 10th
     and 90th percentiles at 0 and 1; both the same for any ``c * x**g``);
-    ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.morphometry`).
+    ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.features.morphometry`).
     """
-    from bids_brainage.features import intensity_histogram
+    from bids_brainage.features.histogram import intensity_histogram
     from bids_brainage.preproc.normalize import (
         LOG_METHODS,
         log_tissue_normalise,
@@ -31,7 +31,7 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     mask = model_region(mask, spec)
     feature = spec.get("feature", "histogram")
     if feature == "morphometry":
-        from bids_brainage.morphometry import REGION_ERODE, morphometry_features
+        from bids_brainage.features.morphometry import REGION_ERODE, morphometry_features
 
         if spec.get("region") != "template" or spec.get("erode") != REGION_ERODE:
             # the SyN target and feature grid are built on that region (morphometry._fixed)
@@ -39,7 +39,7 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
                              f"{{'region': 'template', 'erode': {REGION_ERODE}}}, not {spec}")
         return morphometry_features(mni, mask)
     if spec.get("normalization") in ("rank", "quantile"):
-        from bids_brainage.morphometry import quantile_normalise, rank_normalise
+        from bids_brainage.features.morphometry import quantile_normalise, rank_normalise
 
         norm, info = rank_normalise(mni, mask), {}
         if spec["normalization"] == "quantile":
@@ -57,7 +57,7 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
                                          bins=spec.get("bins", 100))
         return np.concatenate([density, tissue_fractions(norm, mask, info)])
     if feature == "quantiles":
-        from bids_brainage.morphometry import QUANTILE_LEVELS
+        from bids_brainage.features.morphometry import QUANTILE_LEVELS
 
         return np.quantile(norm[mask], QUANTILE_LEVELS)
     if feature == "image":
@@ -76,7 +76,7 @@ def model_region(mask: np.ndarray, spec: dict) -> np.ndarray:
         return mask
     from scipy import ndimage
 
-    from bids_brainage.template import template_2mm, template_mask
+    from bids_brainage.preproc.template import template_2mm, template_mask
 
     inner = ndimage.binary_erosion(template_mask(template_2mm()), iterations=spec.get("erode", 2))
     return mask & inner

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_brainage.preproc.conform import voxel_sizes
-from bids_brainage.template import GRID_MM, template_2mm
+from bids_brainage.preproc.template import GRID_MM, template_2mm
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 

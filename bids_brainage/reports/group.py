@@ -18,7 +18,7 @@ LIST_LIMIT = 300
 
 def write_group_report(path, table: pd.DataFrame, summary: dict) -> Path:
     """Render the group report from ``group.analyse``'s table and summary, atomically."""
-    from bids_brainage.cohort import image_labels
+    from bids_brainage.stats.cohort import image_labels
 
     models = list(summary["models"])
     spans = {name: _span(entry.get("training")) for name, entry in summary["models"].items()}
@@ -59,7 +59,7 @@ def _model_notes(summary: dict, spans: dict) -> dict[str, dict]:
 
 
 def _span(training: dict | None) -> tuple[float, float] | None:
-    from bids_brainage.cohort import training_range
+    from bids_brainage.stats.cohort import training_range
 
     return training_range({"training": training}) if training else None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bids_brainage import metrics
+from bids_brainage.stats import metrics
 from bids_brainage.reports.figures import Figure, group_colours, model_panels
 
 POINT = dict(s=9, alpha=0.6, linewidths=0, rasterized=True)

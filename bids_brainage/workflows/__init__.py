@@ -1,0 +1,1 @@
+"""nipype workflow factories: ``participant.init_participant_wf`` and its preprocessing part."""

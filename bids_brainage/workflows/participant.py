@@ -4,7 +4,8 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from bids_brainage.interfaces.outputs import DerivativesSink, Predict
+from bids_brainage.interfaces.derivatives import DerivativesSink
+from bids_brainage.interfaces.predict import Predict
 from bids_brainage.interfaces.preproc import (
     N4,
     Conform,

@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from bids_brainage.template import template_2mm, template_mask
+from bids_brainage.preproc.template import template_2mm, template_mask
 
 WARP_MM = 4
 FEATURE_MM = 8

@@ -1,4 +1,4 @@
-"""Prediction and the derivatives sink: the last two nodes of an image's workflow."""
+"""The DerivativesSink node: the last node of an image's workflow writes its BIDS Derivatives."""
 from __future__ import annotations
 
 import json
@@ -12,50 +12,6 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
-
-from bids_brainage.interfaces.preproc import _TimedInterface
-
-class _PredictInputSpec(BaseInterfaceInputSpec):
-    mni = File(exists=True, mandatory=True, desc="un-normalised brain, 2 mm MNI grid")
-    mni_mask = File(exists=True, mandatory=True)
-    model_dir = traits.Str("", usedefault=True, desc="empty: the bundled models")
-    models = traits.List(traits.Str, desc="model names; empty: the card's defaults")
-    cards_sha256 = traits.Str("", usedefault=True,
-                              desc="sha256 of the model directory's models.json: part of the "
-                                   "node's cache key, so models retrained into the same "
-                                   "directory are never answered from a cached prediction")
-    threads = traits.Int(1, usedefault=True, nohash=True)
-
-
-class _PredictOutputSpec(TraitedSpec):
-    out_json = File(exists=True, desc="rows and the cards used")
-    seconds = traits.Float()
-
-
-class Predict(_TimedInterface):
-    """Predict age with each selected model (sha256-verified weights) and the ensemble."""
-
-    input_spec = _PredictInputSpec
-    output_spec = _PredictOutputSpec
-
-    def _run(self, cwd):
-        import nibabel as nib
-        import numpy as np
-
-        from bids_brainage.models.predict import predict_ages
-        from bids_brainage.models.registry import load_cards, select_models
-
-        cards = load_cards(self.inputs.model_dir or None)
-        names = select_models(cards, self.inputs.models if isdefined(self.inputs.models) else [])
-        mni = nib.load(self.inputs.mni).get_fdata(dtype=np.float32)
-        mask = np.asanyarray(nib.load(self.inputs.mni_mask).dataobj) > 0
-        rows = predict_ages(mni, mask, cards, names, threads=self.inputs.threads)
-        used = {n: {k: cards[n].get(k) for k in ("version", "architecture", "file", "sha256",
-                                                 "input", "training", "interval")
-                    if cards[n].get(k) is not None} for n in names}
-        out = cwd / "predictions.json"
-        out.write_text(json.dumps({"rows": rows, "models": used}))
-        self._results["out_json"] = str(out)
 
 
 class _SinkInputSpec(BaseInterfaceInputSpec):
@@ -91,7 +47,7 @@ class DerivativesSink(SimpleInterface):
     output_spec = _SinkOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_brainage.outputs import write_image_outputs
+        from bids_brainage.bids.derivatives import write_image_outputs
 
         i = self.inputs
         files = {

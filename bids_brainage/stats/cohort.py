@@ -1,6 +1,6 @@
 """Cohort statistics of the group level: model cards, age-bias correction, metrics per model.
 
-Works on the table ``bids_brainage.group.collect`` builds (one row per image x model); no I/O
+Works on the table ``bids_brainage.levels.group.collect`` builds (one row per image x model); no I/O
 apart from reading the model cards.
 """
 from __future__ import annotations
@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_brainage import __version__, metrics
+from bids_brainage import __version__
+from bids_brainage.bids.participants import finite_float
+from bids_brainage.stats import metrics
 
 LOGGER = logging.getLogger("bids_brainage.group")
 
@@ -21,19 +23,6 @@ ADDED = ("predicted_age_corrected", "brain_age_gap_corrected", "out_of_training_
 GROUPINGS = ("site", "sex")
 # Cohort refits need enough spread to mean anything; below this the fit is still made, but flagged.
 MIN_COHORT_FIT = 20
-
-
-def finite_float(value) -> float | None:
-    """A finite float, or None for anything else (n/a, empty, nan, text).
-
-    >>> finite_float("24.9"), finite_float("n/a"), finite_float(float("nan"))
-    (24.9, None, None)
-    """
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 # ------------------------------------------------------------------------------ model cards
@@ -53,7 +42,7 @@ def load_cards(model_dir: Path | str | None = None) -> dict[str, dict]:
         except Exception as exc:  # a broken card must not stop the cohort tables
             LOGGER.warning("model cards could not be loaded (%s); metrics without them", exc)
             return {}
-    folder = Path(model_dir) if model_dir else Path(__file__).parent / "data" / "models"
+    folder = Path(model_dir) if model_dir else Path(__file__).resolve().parents[1] / "data" / "models"
     try:
         raw = json.loads((folder / "models.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

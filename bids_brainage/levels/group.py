@@ -3,7 +3,7 @@
 Runs from the derivatives alone. Participant jobs may still be writing: they write
 ``.<name>.XXXX.tmp.tsv`` and rename it into place, so only names without a leading dot are
 read, and a file that vanishes or cannot be parsed is logged and listed, never fatal.
-Cohort statistics live in ``bids_brainage.cohort``. Outputs (written atomically and
+Cohort statistics live in ``bids_brainage.stats.cohort``. Outputs (written atomically and
 deterministic, so a rerun on the same inputs gives the same bytes):
 ``group_brainage.tsv`` / ``.csv`` (one row per image x model), ``group_brainage.json``
 (metrics per model) and ``group_report.html``.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -20,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 # the cohort statistics are part of this module's interface
-from bids_brainage.cohort import (  # noqa: F401
+from bids_brainage.stats.cohort import (  # noqa: F401
     ADDED, analyse, annotate, bias_coefficients, finite_float, image_labels, load_cards,
     summarize, training_range,
 )
-from bids_brainage.io import atomic_path, atomic_write_json
+from bids_brainage.bids.participants import participants_table, read_session_ages
+from bids_brainage.io import atomic_path, atomic_write_json, scan_dir
 
 LOGGER = logging.getLogger("bids_brainage.group")
 
@@ -68,24 +68,13 @@ def find_prediction_files(output_dir: Path | str) -> list[Path]:
     with '.' (files still being written) are skipped here.
     """
     found = []
-    for sub in _scan(Path(output_dir), dirs=True, prefix="sub-"):
-        for folder in [sub / "anat"] + [s / "anat" for s in _scan(sub, dirs=True, prefix="ses-")]:
+    for sub in scan_dir(Path(output_dir), dirs=True, prefix="sub-"):
+        for folder in [sub / "anat"] + [s / "anat" for s in scan_dir(sub, dirs=True, prefix="ses-")]:
             found.extend(
-                p for p in _scan(folder, dirs=False, prefix="sub-")
+                p for p in scan_dir(folder, dirs=False, prefix="sub-")
                 if p.name.endswith("_brainage.tsv")
             )
     return sorted(found)
-
-
-def _scan(folder: Path, *, dirs: bool, prefix: str) -> list[Path]:
-    try:
-        with os.scandir(folder) as entries:
-            return [
-                Path(e.path) for e in entries
-                if e.name.startswith(prefix) and e.is_dir() == dirs
-            ]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def read_prediction_file(path: Path) -> list[list[str]]:
@@ -168,40 +157,6 @@ def _frame(rows: list[list[str]], sources: list[str]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------- participants.tsv
-def read_participants(bids_dir: Path | str | None) -> pd.DataFrame:
-    """``participants.tsv`` as strings (``age`` numeric), indexed by participant_id."""
-    path = Path(bids_dir) / "participants.tsv" if bids_dir else None
-    if path is None or not path.is_file():
-        return pd.DataFrame(index=pd.Index([], name="participant_id"))
-    table = pd.read_csv(path, sep="\t", dtype=str, na_values=[NA], keep_default_na=False)
-    table.columns = [c.strip() for c in table.columns]
-    if "participant_id" not in table.columns:
-        LOGGER.warning("%s has no participant_id column; ignored", path)
-        return pd.DataFrame(index=pd.Index([], name="participant_id"))
-    if "age" in table.columns:
-        numeric = pd.to_numeric(table["age"], errors="coerce")
-        odd = sorted(set(table.loc[numeric.isna() & table["age"].notna(), "age"]))
-        if odd:  # e.g. "89+", which BIDS allows for de-identification
-            LOGGER.warning("%s: ages %s are not numbers; treated as unknown", path, odd[:5])
-        table["age"] = numeric
-    return table.drop_duplicates("participant_id").set_index("participant_id")
-
-
-def read_session_ages(bids_dir: Path | str | None) -> dict[tuple[str, str], float]:
-    """Per-session ages from ``sub-*/sub-*_sessions.tsv`` files that have an age column."""
-    ages = {}
-    for sub in _scan(Path(bids_dir), dirs=True, prefix="sub-") if bids_dir else []:
-        path = sub / f"{sub.name}_sessions.tsv"
-        if not path.is_file():
-            continue
-        with open(path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                age = finite_float(row.get("age"))
-                if row.get("session_id") and age is not None:
-                    ages[(sub.name, row["session_id"])] = age
-    return ages
-
-
 def join_participants(df: pd.DataFrame, bids_dir: Path | str | None) -> pd.DataFrame:
     """Add participants.tsv columns and settle each image's age; recompute the raw gap.
 
@@ -209,7 +164,7 @@ def join_participants(df: pd.DataFrame, bids_dir: Path | str | None) -> pd.DataF
     participant level wrote. Columns that clash with ours get a ``participants_`` prefix.
     """
     out = df.copy()
-    participants = read_participants(bids_dir)
+    participants = participants_table(bids_dir)
     session_ages = read_session_ages(bids_dir)
     ages = participants["age"] if "age" in participants.columns else pd.Series(dtype=float)
     resolved = out["participant_id"].map(ages).astype(float)
@@ -234,9 +189,9 @@ def join_participants(df: pd.DataFrame, bids_dir: Path | str | None) -> pd.DataF
 
 def missing_participants(df: pd.DataFrame, bids_dir: Path | str | None) -> list[str]:
     """Participants of the dataset (participants.tsv or sub-* folders) without any output."""
-    known = set(read_participants(bids_dir).index)
+    known = set(participants_table(bids_dir).index)
     if bids_dir:
-        known |= {p.name for p in _scan(Path(bids_dir), dirs=True, prefix="sub-")}
+        known |= {p.name for p in scan_dir(Path(bids_dir), dirs=True, prefix="sub-")}
     return sorted(known - set(df["participant_id"]))
 
 # ---------------------------------------------------------------------------------- outputs

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bids_brainage import __version__
 from bids_brainage.io import atomic_copy, atomic_write_json, atomic_write_text
-from bids_brainage.template import SPACE
+from bids_brainage.preproc.template import SPACE
 
 BIDS_VERSION = "1.10.0"
 # below this Dice between the registered brain mask and the template's, flag the image
@@ -134,7 +134,7 @@ def qc_warnings(files: dict, normalization: dict, skull_strip_method: str, age) 
     import nibabel as nib
     import numpy as np
 
-    from bids_brainage.template import template_2mm, template_mask
+    from bids_brainage.preproc.template import template_2mm, template_mask
 
     warnings = []
     mni_mask = np.asanyarray(nib.load(files["mni_mask"]).dataobj) > 0

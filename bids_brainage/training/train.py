@@ -1,4 +1,6 @@
-"""``bids_brainage-train BIDS_DIR MODEL_DIR``: train the models from a labelled BIDS dataset.
+"""The work of ``bids_brainage-train``: a labelled BIDS dataset in, a model directory out.
+
+The command line is ``bids_brainage.cli.train``.
 
 1. Preprocess with the participant workflow (or reuse ``--derivatives``), no prediction.
 2. Split participants by age (seeded): train 60 % / validation 20 % / test 20 %.
@@ -10,7 +12,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import logging
 import platform
@@ -20,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from bids_brainage import __version__
-from bids_brainage.morphometry import REGION_ERODE
+from bids_brainage.features.morphometry import REGION_ERODE
 from bids_brainage.preproc.bias import LOG_SPREAD
-from bids_brainage.splits import DEFAULT_SEED, SPLIT_FRACTIONS
+from bids_brainage.training.splits import SPLIT_FRACTIONS
 
 LOG = logging.getLogger("bids_brainage.train")
 # the voxels every model reads: the brain inside the template brain eroded by 2 voxels
@@ -44,67 +45,8 @@ MORPH_INPUT = {"feature": "morphometry", **MODEL_REGION}
 INTERVAL_LEVEL = 0.9
 
 
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bids_brainage-train",
-        description="Train brain-age models on a BIDS dataset whose participants.tsv has ages.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("bids_dir", type=Path)
-    p.add_argument("model_dir", type=Path, help="where weights and models.json are written")
-    p.add_argument("--derivatives", type=Path, default=None,
-                   help="reuse participant-level outputs of bids_brainage (else preprocess "
-                        "into WORK_DIR/derivatives)")
-    p.add_argument("-w", "--work-dir", type=Path, default=None)
-    p.add_argument("--models", default="rf,resnet34,morph",
-                   help="comma-separated: rf, resnet34 (or resnet10/18/50 via --resnet-depth), "
-                        "morph")
-    p.add_argument("--random-seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--nprocs", type=int, default=2)
-    p.add_argument("--participant-label", nargs="+", default=None,
-                   help="train on these participants only (e.g. a quick subset)")
-    p.add_argument("--exclude-label", nargs="+", default=(),
-                   help="participants never used (e.g. an example dataset's)")
-    p.add_argument("--rf-trees", type=int, default=500)
-    p.add_argument("--rf-normalization", choices=tuple(FOREST_INPUTS), default="logquantile",
-                   help="forest input: the histogram of log intensities with the brain's 10th "
-                        "and 90th percentiles at 0 and 1, plus tissue fractions (the same for "
-                        "any scale or gamma change); the same with the CSF and WM classes at 0 "
-                        "and 1 (loggmm); or the original project's histogram of GMM-normalised "
-                        "intensities (WM = 1), which moves >10 years under a gamma change")
-    p.add_argument("--resnet-depth", type=int, default=34)
-    p.add_argument("--resnet-width", type=int, default=16)
-    p.add_argument("--resnet-epochs", type=int, default=40)
-    p.add_argument("--resnet-batch-size", type=int, default=8)
-    p.add_argument("--resnet-lr", type=float, default=1e-3)
-    p.add_argument("--resnet-downsample", type=int, default=2,
-                   help="block-average the 2 mm input by this factor (2: 4 mm voxels)")
-    p.add_argument("--resnet-normalization", choices=("gmm", "rank", "quantile"),
-                   default="gmm",
-                   help="ResNet input: GMM-normalised (WM = 1); rank-normalised (each voxel's "
-                        "percentile in the brain: the same for any contrast change); or "
-                        "quantile (those percentiles mapped onto the training split's mean "
-                        "GMM-normalised quantiles: contrast-free, looks like gmm)")
-    p.add_argument("--resnet-flip-average", action="store_true",
-                   help="predict as the mean over the brain and its mirror image")
-    p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--robustness", type=int, default=0, metavar="N",
-                   help="test the models on N validation participants changed as datasets "
-                        "change them (stripped, 1 mm, gamma, x10, bias); models whose mean "
-                        "change reaches 2 years leave the default ensemble")
-    p.add_argument("--reference-masks", type=Path, default=None,
-                   help="derivatives holding sub-*/anat/*_desc-brain_mask.nii.gz for the "
-                        "skull-stripped variant (default: the pipeline's own masks)")
-    p.add_argument("--skip-training", action="store_true",
-                   help="reuse the models in MODEL_DIR (e.g. to run --robustness alone)")
-    p.add_argument("--skip-bids-validation", action="store_true")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    return p
-
-
 def metrics(age, predicted) -> dict:
-    from bids_brainage import metrics as m
+    from bids_brainage.stats import metrics as m
 
     age, predicted = np.asarray(age, float), np.asarray(predicted, float)
     r = m.pearson_r(age, predicted)
@@ -154,7 +96,7 @@ def preprocess(args, work_dir: Path) -> Path:
     """Participant-level preprocessing (no prediction) of the training dataset."""
     from bids_brainage.cli.parser import get_parser as app_parser
     from bids_brainage.config import Settings, apply_thread_environment
-    from bids_brainage.participant import run_participant
+    from bids_brainage.levels.participant import run_participant
 
     derivatives = work_dir / "derivatives"
     argv = [str(args.bids_dir), str(derivatives), "participant", "-w", str(work_dir / "work"),
@@ -171,7 +113,7 @@ def train_sklearn_model(x, ages, split, folds, args, fit=None):
     """CV on train+val, fit on train; returns the card metrics, the model, all predictions
     and the out-of-fold predictions (NaN on test). ``fit(x, y)`` defaults to the forest."""
     from bids_brainage.models.forest import train_forest
-    from bids_brainage.splits import kfold_indices
+    from bids_brainage.training.splits import kfold_indices
 
     if fit is None:
         def fit(features, target):
@@ -195,7 +137,7 @@ def train_resnet_model(x, ages, split, args, spec):
     monitored: no early stopping on it); returns the CV metrics, the net, predictions for
     everyone, the card fragment and the out-of-fold predictions (NaN on test)."""
     from bids_brainage.models import resnet3d
-    from bids_brainage.splits import kfold_indices
+    from bids_brainage.training.splits import kfold_indices
 
     def fit(rows, monitor=None, progress=True):
         extra = (x[monitor], ages[monitor]) if monitor is not None else ()
@@ -247,7 +189,7 @@ def resnet_spec(args, subjects=None, split=None) -> dict:
     """The ResNet's input spec; for ``quantile`` with the reference quantiles: the mean over
     the training split of each brain's GMM-normalised quantiles (in the model region)."""
     from bids_brainage.models import resnet3d
-    from bids_brainage.models.dataset import build_inputs
+    from bids_brainage.training.dataset import build_inputs
 
     spec = resnet3d.image_spec(downsample=args.resnet_downsample)
     if args.resnet_normalization in ("rank", "quantile"):
@@ -282,7 +224,7 @@ def calibrate(card: dict, predicted: np.ndarray, ages: np.ndarray, split: np.nda
     data instead of the validation split's 28, so a less noisy quantile and line). Without
     them (a card re-calibrated by ``--skip-training``) the validation predictions are used.
     """
-    from bids_brainage.metrics import fit_age_bias
+    from bids_brainage.stats.metrics import fit_age_bias
 
     val, test, train = split == "val", split == "test", split == "train"
     if held_out is None:
@@ -335,9 +277,9 @@ def write_models(model_dir: Path, cards: list[dict]) -> Path:
 
 
 def run(args) -> int:
-    from bids_brainage.bids import read_participants
-    from bids_brainage.models.dataset import build_inputs, find_subjects
-    from bids_brainage.splits import stratified_assign
+    from bids_brainage.bids.participants import read_participants
+    from bids_brainage.training.dataset import build_inputs, find_subjects
+    from bids_brainage.training.splits import stratified_assign
 
     model_dir = args.model_dir.resolve()
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -478,7 +420,7 @@ def preprocessing(spec: dict) -> str:
 
 def predict_subjects(card: dict, subjects, threads: int) -> np.ndarray:
     """A model's predictions for every subject, through the prediction code path."""
-    from bids_brainage.models.dataset import build_inputs
+    from bids_brainage.training.dataset import build_inputs
     from bids_brainage.models.predict import load_predictor
 
     x = build_inputs(subjects, card.get("input", {}), nprocs=threads)
@@ -511,7 +453,7 @@ def apply_robustness(cards, subjects, ages, split, predictions, derivatives, arg
                      work_dir, held_out: dict[str, np.ndarray] | None = None) -> None:
     """Measure each model on changed copies of validation brains; keep only robust models
     (every mean |change| < 2 years) in the default ensemble; say why in the others' cards."""
-    from bids_brainage.models.robustness import (ROBUST_LIMIT, evaluate, least_sensitive,
+    from bids_brainage.training.robustness import (ROBUST_LIMIT, evaluate, least_sensitive,
                                                  robust_models)
 
     write_models(model_dir, cards)  # the variants run through the app with these models
@@ -571,14 +513,3 @@ def apply_robustness(cards, subjects, ages, split, predictions, derivatives, arg
             "limit_years": ROBUST_LIMIT,
         }
         cards.append(card)
-
-
-def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose == 0 else logging.DEBUG,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,8 +7,9 @@ import os
 import re
 from pathlib import Path
 
-from bids_brainage import bids
-from bids_brainage.outputs import output_names, write_dataset_description, write_failure
+from bids_brainage.bids.layout import find_t1w
+from bids_brainage.bids.participants import participant_age, read_participants
+from bids_brainage.bids.derivatives import output_names, write_dataset_description, write_failure
 
 LOG = logging.getLogger("bids_brainage.participant")
 _NODE_LINE = re.compile(r"^Node: (\S+)", re.M)
@@ -72,8 +73,8 @@ def choose_threads(settings, n_images: int):
 
 def run_participant(settings, *, predict: bool = True) -> int:
     """Run participant level; returns 0, or 1 when any image failed (others are written)."""
-    participants = bids.read_participants(settings.bids_dir)
-    images = bids.find_t1w(settings.bids_dir, settings.participant_label,
+    participants = read_participants(settings.bids_dir)
+    images = find_t1w(settings.bids_dir, settings.participant_label,
                            settings.session_label,
                            database_path=settings.work_dir / "pybids_db")
     settings = choose_threads(settings, len(images))
@@ -81,7 +82,7 @@ def run_participant(settings, *, predict: bool = True) -> int:
              len({im.subject for im in images}))
     write_dataset_description(settings.output_dir, settings.bids_dir)
     settings.write_toml(settings.output_dir / "logs")
-    ages = {pid: bids.participant_age(row) for pid, row in participants.items()}
+    ages = {pid: participant_age(row) for pid, row in participants.items()}
 
     crash_dir = settings.work_dir / "crash" / settings.run_uuid
     configure_nipype(settings, crash_dir)
@@ -118,7 +119,7 @@ def run_participant(settings, *, predict: bool = True) -> int:
             settings=settings.to_dict(),
         )
     if settings.reports:
-        from bids_brainage.reports_glue import write_reports
+        from bids_brainage.reports.participant import write_reports
 
         write_reports(settings, images)
     ok = len(images) - len(failed)

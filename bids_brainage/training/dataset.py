@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_brainage.outputs import output_names
+from bids_brainage.bids.derivatives import output_names
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Subject:
 def find_subjects(derivatives_dir: Path, participants: dict[str, dict]) -> list[Subject]:
     """Participants with an age whose participant-level outputs are complete (status ok
     in the ``_brainage.json`` sidecar; the TSV has no rows when no model ran)."""
-    from bids_brainage.bids import participant_age
+    from bids_brainage.bids.participants import participant_age
 
     subjects = []
     for sidecar in sorted(Path(derivatives_dir).glob("sub-*/**/anat/*_brainage.json")):

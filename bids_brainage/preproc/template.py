@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 
 SPACE = "MNI152NLin2009aSym"
-TEMPLATE_DIR = Path(__file__).parent / "data" / f"tpl-{SPACE}"
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "data" / f"tpl-{SPACE}"
 T1_BRAIN = TEMPLATE_DIR / f"tpl-{SPACE}_res-1_desc-brain_T1w.nii.gz"
 GM_PROB = TEMPLATE_DIR / f"tpl-{SPACE}_res-1_label-GM_probseg.nii.gz"
 WM_PROB = TEMPLATE_DIR / f"tpl-{SPACE}_res-1_label-WM_probseg.nii.gz"

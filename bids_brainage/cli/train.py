@@ -1,0 +1,85 @@
+"""``bids_brainage-train BIDS_DIR MODEL_DIR``: train the models from a labelled BIDS dataset.
+
+The parser and the entry point; the work is ``bids_brainage.training.train.run``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bids_brainage.training.splits import DEFAULT_SEED
+from bids_brainage.training.train import FOREST_INPUTS
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bids_brainage-train",
+        description="Train brain-age models on a BIDS dataset whose participants.tsv has ages.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bids_dir", type=Path)
+    p.add_argument("model_dir", type=Path, help="where weights and models.json are written")
+    p.add_argument("--derivatives", type=Path, default=None,
+                   help="reuse participant-level outputs of bids_brainage (else preprocess "
+                        "into WORK_DIR/derivatives)")
+    p.add_argument("-w", "--work-dir", type=Path, default=None)
+    p.add_argument("--models", default="rf,resnet34,morph",
+                   help="comma-separated: rf, resnet34 (or resnet10/18/50 via --resnet-depth), "
+                        "morph")
+    p.add_argument("--random-seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--nprocs", type=int, default=2)
+    p.add_argument("--participant-label", nargs="+", default=None,
+                   help="train on these participants only (e.g. a quick subset)")
+    p.add_argument("--exclude-label", nargs="+", default=(),
+                   help="participants never used (e.g. an example dataset's)")
+    p.add_argument("--rf-trees", type=int, default=500)
+    p.add_argument("--rf-normalization", choices=tuple(FOREST_INPUTS), default="logquantile",
+                   help="forest input: the histogram of log intensities with the brain's 10th "
+                        "and 90th percentiles at 0 and 1, plus tissue fractions (the same for "
+                        "any scale or gamma change); the same with the CSF and WM classes at 0 "
+                        "and 1 (loggmm); or the original project's histogram of GMM-normalised "
+                        "intensities (WM = 1), which moves >10 years under a gamma change")
+    p.add_argument("--resnet-depth", type=int, default=34)
+    p.add_argument("--resnet-width", type=int, default=16)
+    p.add_argument("--resnet-epochs", type=int, default=40)
+    p.add_argument("--resnet-batch-size", type=int, default=8)
+    p.add_argument("--resnet-lr", type=float, default=1e-3)
+    p.add_argument("--resnet-downsample", type=int, default=2,
+                   help="block-average the 2 mm input by this factor (2: 4 mm voxels)")
+    p.add_argument("--resnet-normalization", choices=("gmm", "rank", "quantile"),
+                   default="gmm",
+                   help="ResNet input: GMM-normalised (WM = 1); rank-normalised (each voxel's "
+                        "percentile in the brain: the same for any contrast change); or "
+                        "quantile (those percentiles mapped onto the training split's mean "
+                        "GMM-normalised quantiles: contrast-free, looks like gmm)")
+    p.add_argument("--resnet-flip-average", action="store_true",
+                   help="predict as the mean over the brain and its mirror image")
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--robustness", type=int, default=0, metavar="N",
+                   help="test the models on N validation participants changed as datasets "
+                        "change them (stripped, 1 mm, gamma, x10, bias); models whose mean "
+                        "change reaches 2 years leave the default ensemble")
+    p.add_argument("--reference-masks", type=Path, default=None,
+                   help="derivatives holding sub-*/anat/*_desc-brain_mask.nii.gz for the "
+                        "skull-stripped variant (default: the pipeline's own masks)")
+    p.add_argument("--skip-training", action="store_true",
+                   help="reuse the models in MODEL_DIR (e.g. to run --robustness alone)")
+    p.add_argument("--skip-bids-validation", action="store_true")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose == 0 else logging.DEBUG,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bids_brainage.training.train import run
+
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

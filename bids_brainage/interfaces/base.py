@@ -1,0 +1,20 @@
+"""What every interface of ours shares: a step timed into its ``seconds`` output."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from nipype.interfaces.base import SimpleInterface
+
+
+class TimedInterface(SimpleInterface):
+    """A SimpleInterface whose ``_run`` is timed into the ``seconds`` output."""
+
+    def _run_interface(self, runtime):
+        start = time.perf_counter()
+        self._run(Path(runtime.cwd))
+        self._results["seconds"] = round(time.perf_counter() - start, 3)
+        return runtime
+
+    def _run(self, cwd: Path):  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""The BIDS-Apps analysis levels: ``participant`` (one workflow per T1w image) and ``group``."""

@@ -28,6 +28,9 @@ class Settings:
     models: tuple[str, ...] = ()
     model_dir: Path | None = None
     bias_fit: str = "model"
+    controls: tuple[str, ...] = ()
+    site_column: str = "auto"
+    allow_model_mismatch: bool = False
     reports: bool = True
     verbose: int = 0
     run_uuid: str = ""
@@ -61,6 +64,9 @@ class Settings:
             models=tuple(args.models or ()),
             model_dir=Path(args.model_dir).expanduser().resolve() if args.model_dir else None,
             bias_fit=args.bias_fit,
+            controls=tuple(getattr(args, "controls", ()) or ()),
+            site_column=getattr(args, "site_column", "auto"),
+            allow_model_mismatch=getattr(args, "allow_model_mismatch", False),
             reports=args.reports,
             verbose=args.verbose,
             run_uuid=f"{stamp}_{uuid.uuid4().hex[:8]}",

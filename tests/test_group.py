@@ -129,7 +129,10 @@ def test_bias_correction_from_the_model_card_or_refitted_loudly(cohort, caplog):
     assert any("resnet34" in w and "no bias correction" in w for w in summary["warnings"])
 
     caplog.set_level(logging.WARNING, logger="bids_brainage.group")
-    code = group.run_group(_settings(bids, out, bias_fit="cohort", reports=False))
+    # one fit for the whole cohort (its 'site' column would ask for one per site, and its
+    # sites have too few participants: test_a_site_with_too_few_controls_is_refused)
+    code = group.run_group(_settings(bids, out, bias_fit="cohort", site_column="none",
+                                     reports=False))
     assert code == 0
     saved = json.loads((out / "group_brainage.json").read_text())
     assert saved["bias_fit"] == "cohort"
@@ -238,7 +241,7 @@ def test_run_group_writes_tables_json_and_is_idempotent(cohort, caplog):
                       keep_default_na=False)
     csv = pd.read_csv(out / "group_brainage.csv")
     pd.testing.assert_frame_equal(tsv, csv, check_dtype=False)
-    assert list(tsv.columns[:11]) == list(group.TSV_COLUMNS)
+    assert list(tsv.columns[:len(group.TSV_COLUMNS)]) == list(group.TSV_COLUMNS)
     assert len(tsv) == 9 and "out_of_training_range" in tsv.columns
     def no_nan(constant):
         raise AssertionError(f"{constant} is not valid JSON")
@@ -288,3 +291,74 @@ def test_cards_are_read_from_a_model_directory(tmp_path):
     cards = group.load_cards(tmp_path)
     assert group.training_range(cards["rf"]) == (20.0, 60.0)
     assert group.load_cards(tmp_path / "nothing") == {}  # no card: features off, not a crash
+
+
+# ------------------------------------------------------------------ per-site bias correction
+def _two_site_cohort(tmp_path, offset=6.0, n_controls=(30, 12), seed=3):
+    """Site A and site B (predictions +``offset`` years), controls and patients (+3 years),
+    predictions = card line (0.8 age + 9) + site offset + patient effect + noise."""
+    rng = np.random.default_rng(seed)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    lines = ["participant_id\tage\tsite\tgroup"]
+    truth = {}
+    number = 0
+    for site, shift, controls in (("A", 0.0, n_controls[0]), ("B", offset, n_controls[1])):
+        for kind, count in (("control", controls), ("patient", 15)):
+            for _ in range(count):
+                number += 1
+                pid = f"sub-{number:03d}"
+                age = float(rng.uniform(20, 80))
+                effect = 3.0 if kind == "patient" else 0.0
+                predicted = 0.8 * age + 9.0 + shift + 0.8 * effect + rng.normal(0, 1.5)
+                lines.append(f"{pid}\t{age:.2f}\t{site}\t{kind}")
+                truth[pid] = (site, kind)
+                data.write_tsv(out, [{"participant_id": pid, "session_id": "n/a", "run": "n/a",
+                                      "model": "rf", "predicted_age": f"{predicted:.3f}",
+                                      "interval_low": "n/a", "interval_high": "n/a",
+                                      "age": f"{age:.2f}", "brain_age_gap": "n/a",
+                                      "status": "ok", "message": "n/a"}])
+    (bids / "participants.tsv").write_text("\n".join(lines) + "\n")
+    return bids, out, truth
+
+
+def test_per_site_correction_recovers_a_known_offset(tmp_path):
+    bids, out, truth = _two_site_cohort(tmp_path)
+    df = group.join_participants(group.collect(out), bids)
+    controls = group.control_rows(df, ["group=control"])
+    site = group.resolve_site_column(df, "auto", "cohort")
+    table, summary = group.analyse(df, CARDS, "cohort", (), controls, site)
+    fits = summary["models"]["rf"]["bias_correction"]["by_site"]
+    assert fits["A"]["method"] == "line" and fits["A"]["n_controls"] == 30
+    assert fits["B"]["method"] == "offset" and fits["B"]["n_controls"] == 12
+    # site B's offset in corrected years is 6 / 0.8 = 7.5: recovered within 0.5 y
+    assert abs(fits["B"]["offset"] - 6.0 / 0.8) < 0.5
+    gaps = table.set_index("participant_id")["brain_age_gap_corrected"]
+    for site_name in ("A", "B"):
+        controls_gap = [gaps[p] for p, (s, k) in truth.items() if s == site_name and k == "control"]
+        patients_gap = [gaps[p] for p, (s, k) in truth.items() if s == site_name and k == "patient"]
+        assert abs(np.mean(controls_gap)) < 0.6
+        # the patients' effect (3 y) survives the correction at both sites
+        assert abs(np.mean(patients_gap) - 3.0) < 1.2
+
+
+def test_a_site_with_too_few_controls_is_refused(tmp_path, caplog):
+    bids, out, _ = _two_site_cohort(tmp_path, n_controls=(30, 5))
+    settings = _settings(bids, out, bias_fit="cohort", controls=("group=control",))
+    with caplog.at_level(logging.ERROR, logger="bids_brainage.group"):
+        assert group.run_group(settings) == 64
+    assert "site(s) B (5)" in caplog.text and "at least 8" in caplog.text
+    assert not (out / "group_brainage.tsv").exists()
+
+
+def test_group_refuses_predictions_made_with_other_models(tmp_path, caplog):
+    bids, out, _ = _two_site_cohort(tmp_path)
+    tsv = next(out.glob("sub-001/anat/*_brainage.tsv"))
+    sidecar = tsv.with_suffix(".json")
+    sidecar.write_text(json.dumps({"status": "ok", "models_json_sha256": "0" * 64}))
+    with caplog.at_level(logging.ERROR, logger="bids_brainage.group"):
+        assert group.run_group(_settings(bids, out)) == 64
+    assert "other models" in caplog.text and "sub-001" in caplog.text
+    assert group.run_group(_settings(bids, out, allow_model_mismatch=True)) == 0
+    summary = json.loads((out / "group_brainage.json").read_text())
+    assert any("other model cards" in w for w in summary["warnings"])

@@ -18,7 +18,7 @@ BIDS_VERSION = "1.10.0"
 REGISTRATION_DICE_WARN = 0.85
 TSV_COLUMNS = (
     "participant_id", "session_id", "run", "model", "predicted_age", "interval_low",
-    "interval_high", "age", "brain_age_gap", "status", "message",
+    "interval_high", "age", "brain_age_gap", "status", "flag", "message",
 )
 # transforms are not in the BIDS schema yet (BEP014): listed here like other apps do
 BIDSIGNORE = "*_xfm.*\n*_brainage.tsv\n*_brainage.json\n*.html\nlogs/\ngroup_brainage.*\n"
@@ -44,7 +44,9 @@ Per T1w image (sub-<label>/[ses-<label>/]anat/):
   *_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz   normalised brain, MNI 2 mm grid
   *_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz    brain mask, MNI 2 mm grid
   *_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat  ITK affine, T1w -> MNI
-  *_brainage.tsv / .json          predicted age per model, interval, gap, status; provenance
+  *_brainage.tsv / .json          predicted age per model, interval, gap, status, flag
+                                  (ok, or the reasons to doubt it); provenance and the
+                                  quantities behind the flag
 sub-<label>.html                  visual QC report
 group_brainage.tsv/.csv/.json, group_report.html   group level
 """
@@ -174,9 +176,11 @@ def write_image_outputs(*, output_dir: Path, anat_dir: str, prefix: str, entitie
         "Sources": [f"bids:raw:{source}"],
         "status": "ok",
         "models": predictions.get("models", {}),
+        "models_json_sha256": predictions.get("cards_sha256"),
         "normalization": normalization,
         "skull_strip": skull_strip_method,
         "registration_dice": round(dice, 4),
+        "reliability": predictions.get("reliability", {}),
         "settings": settings,
         "timings": {k: round(float(v), 3) for k, v in timings.items()},
         "warnings": warnings,

@@ -127,6 +127,23 @@ def get_parser() -> argparse.ArgumentParser:
         help="age-bias correction of the brain-age gap: coefficients from the model card, "
         "or refitted on this cohort (reported loudly: it removes real effects too)",
     )
+    grp.add_argument(
+        "--controls", dest="controls", metavar="COLUMN=VALUE", nargs="+", default=(),
+        help="with --bias-fit cohort: fit the correction on the participants whose "
+        "participants.tsv COLUMN equals VALUE (e.g. group=control); every participant is "
+        "corrected",
+    )
+    grp.add_argument(
+        "--site-column", dest="site_column", default="auto", metavar="COLUMN",
+        help="with --bias-fit cohort: fit each site separately on this participants.tsv "
+        "column (auto: 'site' or 'scanner' when present; none: one fit for all); a site "
+        "needs 8 controls with an age (offset) or 20 (line), else it is refused",
+    )
+    grp.add_argument(
+        "--allow-model-mismatch", dest="allow_model_mismatch", action="store_true",
+        help="warn instead of refusing when participants were predicted with other model "
+        "cards than the ones this group run would apply (--model-dir)",
+    )
 
     other = parser.add_argument_group("Other")
     other.add_argument(

@@ -25,11 +25,22 @@ def get_parser() -> argparse.ArgumentParser:
                    help="reuse participant-level outputs of bids_brainage (else preprocess "
                         "into WORK_DIR/derivatives)")
     p.add_argument("-w", "--work-dir", type=Path, default=None)
-    p.add_argument("--models", default="rf,resnet34,morph",
-                   help="comma-separated: rf, resnet34 (or resnet10/18/50 via --resnet-depth), "
-                        "morph")
+    p.add_argument("--models", default="rf,morph,tissue",
+                   help="comma-separated: rf, morph, tissue, resnet34 (or resnet10/18/50 via "
+                        "--resnet-depth)")
+    p.add_argument("--defaults", default="rf,tissue",
+                   help="the models the app runs by default and the ensemble combines (the "
+                        "robustness gate may remove some; the ResNet is never a default)")
     p.add_argument("--random-seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--folds", type=int, default=5,
+                   help="folds of the outer and the inner cross-validation")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="repeats of the nested cross-validation (the figures' spread)")
+    p.add_argument("--external", type=Path, default=None,
+                   help="a labelled BIDS dataset from another site: the final models are "
+                        "reported on it (never fitted or chosen on it)")
+    p.add_argument("--external-derivatives", type=Path, default=None,
+                   help="its participant-level derivatives (else preprocessed into WORK_DIR)")
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--participant-label", nargs="+", default=None,
                    help="train on these participants only (e.g. a quick subset)")
@@ -59,14 +70,14 @@ def get_parser() -> argparse.ArgumentParser:
                    help="predict as the mean over the brain and its mirror image")
     p.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--robustness", type=int, default=0, metavar="N",
-                   help="test the models on N validation participants changed as datasets "
-                        "change them (stripped, 1 mm, gamma, x10, bias); models whose mean "
-                        "change reaches 2 years leave the default ensemble")
+                   help="fit the default models without N participants and run those "
+                        "participants' images changed as datasets change them (stripped "
+                        "tightly, loosely or by an atlas, 1 mm, already in MNI, 1.5 T-like "
+                        "contrast, anisotropic, noise, gamma, x10, bias) through the app; "
+                        "models whose mean change reaches 2 years leave the defaults")
     p.add_argument("--reference-masks", type=Path, default=None,
                    help="derivatives holding sub-*/anat/*_desc-brain_mask.nii.gz for the "
                         "skull-stripped variant (default: the pipeline's own masks)")
-    p.add_argument("--skip-training", action="store_true",
-                   help="reuse the models in MODEL_DIR (e.g. to run --robustness alone)")
     p.add_argument("--skip-bids-validation", action="store_true")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p

@@ -24,6 +24,8 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
                                    "node's cache key, so models retrained into the same "
                                    "directory are never answered from a cached prediction")
     threads = traits.Int(1, usedefault=True, nohash=True)
+    age = traits.Either(None, traits.Float, default=None, usedefault=True,
+                        desc="the known age (flags an age outside the training ages)")
 
 
 class _PredictOutputSpec(TraitedSpec):
@@ -48,10 +50,13 @@ class Predict(TimedInterface):
         names = select_models(cards, self.inputs.models if isdefined(self.inputs.models) else [])
         mni = nib.load(self.inputs.mni).get_fdata(dtype=np.float32)
         mask = np.asanyarray(nib.load(self.inputs.mni_mask).dataobj) > 0
-        rows = predict_ages(mni, mask, cards, names, threads=self.inputs.threads)
+        age = self.inputs.age if isdefined(self.inputs.age) else None
+        rows, assessment = predict_ages(mni, mask, cards, names, threads=self.inputs.threads,
+                                        age=age)
         used = {n: {k: cards[n].get(k) for k in ("version", "architecture", "file", "sha256",
                                                  "input", "training", "interval")
                     if cards[n].get(k) is not None} for n in names}
         out = cwd / "predictions.json"
-        out.write_text(json.dumps({"rows": rows, "models": used}))
+        out.write_text(json.dumps({"rows": rows, "models": used, "reliability": assessment,
+                                   "cards_sha256": self.inputs.cards_sha256}))
         self._results["out_json"] = str(out)

@@ -172,6 +172,8 @@ class _RegisterOutputSpec(TraitedSpec):
     mni_mask = File(exists=True)
     affine_file = File(exists=True, desc="ITK affine, T1w -> MNI")
     warp_file = File(desc="SyN displacement field (syn only)")
+    mni_affine = File(exists=True, desc="brain through the affine alone: the models' input")
+    mni_affine_mask = File(exists=True)
     seconds = traits.Float()
 
 
@@ -195,8 +197,16 @@ class Register(TimedInterface):
         self._results["mni_mask"] = _save(reg["mni_mask"], reg["mni"], cwd / "mni_mask.nii.gz",
                                           np.uint8)
         self._results["affine_file"] = str(reg["affine_file"])
+        self._results["mni_affine"] = self._results["mni"]
+        self._results["mni_affine_mask"] = self._results["mni_mask"]
         if reg["warp_file"]:
             self._results["warp_file"] = str(reg["warp_file"])
+            self._results["mni_affine"] = _save(
+                reg["mni_affine"].get_fdata(dtype=np.float32), reg["mni_affine"],
+                cwd / "mni_affine.nii.gz")
+            self._results["mni_affine_mask"] = _save(
+                reg["mni_affine_mask"], reg["mni_affine"], cwd / "mni_affine_mask.nii.gz",
+                np.uint8)
 
 
 class _NormalizeInputSpec(BaseInterfaceInputSpec):

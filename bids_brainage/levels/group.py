@@ -20,7 +20,7 @@ import pandas as pd
 
 # the cohort statistics are part of this module's interface
 from bids_brainage.stats.cohort import (  # noqa: F401
-    ADDED, analyse, annotate, bias_coefficients, finite_float, image_labels, load_cards,
+    ADDED, CohortFitError, analyse, annotate, bias_coefficients, finite_float, image_labels, load_cards,
     summarize, training_range,
 )
 from bids_brainage.bids.participants import participants_table, read_session_ages
@@ -31,7 +31,7 @@ LOGGER = logging.getLogger("bids_brainage.group")
 NA = "n/a"
 TSV_COLUMNS = (
     "participant_id", "session_id", "run", "model", "predicted_age", "interval_low",
-    "interval_high", "age", "brain_age_gap", "status", "message",
+    "interval_high", "age", "brain_age_gap", "status", "flag", "message",
 )
 REQUIRED = ("participant_id", "model", "predicted_age", "status")
 NUMERIC = ("predicted_age", "interval_low", "interval_high", "age", "brain_age_gap")
@@ -51,6 +51,8 @@ COLUMN_DESCRIPTIONS = {
     "brain_age_gap": "predicted_age - age, years",
     "status": "ok; failed (the participant level failed); unreadable (its output could not "
               "be parsed); no_prediction (preprocessed, but no model was run)",
+    "flag": "ok, or the reasons to doubt the prediction (members_disagree, unlike_training, "
+            "age_outside_training, poor_registration, poor_skull_strip), n/a for older outputs",
     "message": "failure reason",
     "predicted_age_corrected": "age-bias-corrected predicted age, (predicted - intercept) / slope",
     "brain_age_gap_corrected": "predicted_age_corrected - age, years",
@@ -194,6 +196,59 @@ def missing_participants(df: pd.DataFrame, bids_dir: Path | str | None) -> list[
         known |= {p.name for p in scan_dir(Path(bids_dir), dirs=True, prefix="sub-")}
     return sorted(known - set(df["participant_id"]))
 
+# ------------------------------------------------------------------- models and controls
+def model_mismatches(output_dir: Path, df: pd.DataFrame, model_dir) -> list[str]:
+    """Images whose sidecar records another ``models.json`` (sha256) than ``model_dir``'s:
+    their bias lines, intervals and training ranges are not the ones this run would apply."""
+    import json
+
+    from bids_brainage.models.registry import cards_sha256
+
+    expected = cards_sha256(model_dir)
+    out = []
+    for source in sorted(set(df.loc[df["status"] == "ok", "source"].dropna())):
+        sidecar = output_dir / source.replace("_brainage.tsv", "_brainage.json")
+        try:
+            recorded = json.loads(sidecar.read_text()).get("models_json_sha256")
+        except (OSError, ValueError):
+            continue
+        if recorded and recorded != expected:
+            out.append(f"{source} (models.json {recorded[:12]}…, here {expected[:12]}…)")
+    return out
+
+
+def control_rows(df: pd.DataFrame, controls) -> pd.Series | None:
+    """Rows of the participants matching every ``COLUMN=VALUE`` of ``--controls``."""
+    if not controls:
+        return None
+    keep = pd.Series(True, index=df.index)
+    for item in controls:
+        column, sep, value = item.partition("=")
+        if not sep or not column:
+            raise CohortFitError(f"--controls {item!r}: expected COLUMN=VALUE, e.g. "
+                                 f"group=control")
+        if column not in df.columns:
+            raise CohortFitError(f"--controls {item!r}: participants.tsv has no column "
+                                 f"{column!r}")
+        keep &= df[column].astype("string").str.strip() == value
+    if not keep.any():
+        raise CohortFitError(f"--controls {' '.join(controls)}: no participant matches")
+    return keep
+
+
+def resolve_site_column(df: pd.DataFrame, requested: str, bias_fit: str) -> str | None:
+    """The participants.tsv column that names sites (``auto``: site or scanner), or None."""
+    if bias_fit != "cohort" or requested == "none":
+        return None
+    if requested == "auto":
+        found = [c for c in ("site", "scanner") if c in df.columns and df[c].notna().any()]
+        return found[0] if found else None
+    if requested not in df.columns:
+        raise CohortFitError(f"--site-column {requested!r}: participants.tsv has no such "
+                             f"column")
+    return requested
+
+
 # ---------------------------------------------------------------------------------- outputs
 def table_columns(table: pd.DataFrame) -> list[str]:
     """Our columns first, then the participants.tsv ones, then the source file."""
@@ -246,7 +301,26 @@ def run_group(settings) -> int:
         return 66
     df = join_participants(df, settings.bids_dir)
     missing = missing_participants(df, settings.bids_dir)
-    table, summary = analyse(df, load_cards(settings.model_dir), settings.bias_fit, missing)
+    mismatched = model_mismatches(output_dir, df, settings.model_dir)
+    if mismatched and not settings.allow_model_mismatch:
+        LOGGER.error("%d image(s) were predicted with other models than the ones this group "
+                     "run applies (%s), e.g. %s; run the group level with the participant "
+                     "level's --model-dir, or pass --allow-model-mismatch",
+                     len(mismatched), settings.model_dir or "the bundled models",
+                     "; ".join(mismatched[:3]))
+        return 64
+    try:
+        controls = control_rows(df, settings.controls)
+        site_column = resolve_site_column(df, settings.site_column, settings.bias_fit)
+        table, summary = analyse(df, load_cards(settings.model_dir), settings.bias_fit,
+                                 missing, controls, site_column)
+    except CohortFitError as exc:
+        LOGGER.error("%s", exc)
+        return 64
+    if mismatched:
+        summary["warnings"].append(
+            f"{len(mismatched)} image(s) were predicted with other model cards than the ones "
+            f"applied here (--allow-model-mismatch): {'; '.join(mismatched[:5])}")
     try:
         written = write_outputs(table, summary, output_dir)
     except OSError as exc:

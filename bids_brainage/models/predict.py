@@ -19,7 +19,9 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     ``"quantile"``: that percentile mapped through the card's ``reference`` quantiles;
     ``"loggmm"`` / ``"logquantile"``: log intensities with CSF at 0 and WM at 1, or the 10th
     and 90th percentiles at 0 and 1; both the same for any ``c * x**g``);
-    ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.features.morphometry`).
+    ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.features.morphometry`);
+    ``{"feature": "tissue"}`` modulated GM and WM maps and log-Jacobians
+    (:mod:`bids_brainage.features.tissue`).
     """
     from bids_brainage.features.histogram import intensity_histogram
     from bids_brainage.preproc.normalize import (
@@ -28,8 +30,18 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
         normalize_intensity,
     )
 
-    mask = model_region(mask, spec)
     feature = spec.get("feature", "histogram")
+    if feature == "qc":  # registration overlap and relative mask volume (reliability flags)
+        from bids_brainage.models.reliability import mask_measures
+
+        return np.array(list(mask_measures(mask).values()))
+    if feature == "tissue":
+        from bids_brainage.features.tissue import tissue_features
+
+        # the whole brain mask: GM/WM maps need no eroded region, a tight or loose strip
+        # changes only the CSF around the edge, which is neither
+        return tissue_features(mni, mask)
+    mask = model_region(mask, spec)
     if feature == "morphometry":
         from bids_brainage.features.morphometry import REGION_ERODE, morphometry_features
 
@@ -106,37 +118,55 @@ def load_predictor(card: dict, threads: int = 1):
     raise ValueError(f"model {card['name']!r}: unknown kind {kind!r}")
 
 
-def interval(card: dict, age: float) -> tuple[float | None, float | None]:
-    """The card's prediction interval around ``age`` (split-conformal half-width)."""
+def interval(card: dict, age: float, spread: float | None = None):
+    """The card's prediction interval for a predicted ``age`` (and, for an ensemble, its
+    members' spread): normalised split-conformal, or a constant half-width on older cards."""
+    from bids_brainage.stats.intervals import apply_interval
+
     spec = card.get("interval") or {}
-    half = spec.get("halfwidth")
-    if half is None:
+    if spec.get("halfwidth") is None and "q" not in spec:
         return None, None
-    return age - float(half), age + float(half)
+    low, high = apply_interval(spec, age, spread)
+    return float(low[0]), float(high[0])
 
 
 def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], names,
-                 threads: int = 1) -> list[dict]:
-    """One row per model (``model``, ``predicted_age``, ``interval_low``, ``interval_high``)."""
+                 threads: int = 1, age: float | None = None) -> tuple[list[dict], dict]:
+    """One row per model (``model``, ``predicted_age``, ``interval_low``, ``interval_high``,
+    ``flag``) and the reliability assessment behind the flags (:mod:`.reliability`)."""
+    from bids_brainage.models import reliability
+
     rows, ages, cache = [], {}, {}
-    for name in names:
-        card = cards[name]
-        if card.get("kind") == "ensemble":
-            continue
-        key = repr(sorted(card.get("input", {}).items()))
+
+    def inputs(spec):
+        key = repr(sorted(spec.items()))
         if key not in cache:
-            cache[key] = model_inputs(mni, mask, card.get("input", {}))
-        ages[name] = load_predictor(card, threads)(cache[key])
+            cache[key] = model_inputs(mni, mask, spec)
+        return cache[key]
+
     for name in names:
         card = cards[name]
-        if card.get("kind") == "ensemble":
-            members = card["members"]
-            age = float(card.get("intercept", 0.0)) + sum(
-                float(w) * ages[m] for m, w in members.items()
-            )
-            ages[name] = age
-        low, high = interval(card, ages[name])
+        if card.get("kind") != "ensemble":
+            ages[name] = load_predictor(card, threads)(inputs(card.get("input", {})))
+    ensembles = [cards[n] for n in names if cards[n].get("kind") == "ensemble"]
+    for card in ensembles:
+        ages[card["name"]] = float(card.get("intercept", 0.0)) + sum(
+            float(w) * ages[m] for m, w in card["members"].items())
+    rel_card = ensembles[0].get("reliability") if ensembles else None
+    spread = features = None
+    if ensembles and len(ensembles[0]["members"]) > 1:
+        spread = float(np.std([ages[m] for m in ensembles[0]["members"]]))
+    if rel_card and rel_card.get("distance_model"):
+        features = inputs(rel_card["distance_model"]["input"])
+    assessment = reliability.assess(
+        rel_card, spread=spread, features=features, predicted=ages, age=age,
+        measures=reliability.mask_measures(mask))
+    flag = reliability.flag_text(assessment["reasons"])
+    for name in names:
+        is_ensemble = cards[name].get("kind") == "ensemble"
+        low, high = interval(cards[name], ages[name], spread if is_ensemble else None)
         rows.append({"model": name, "predicted_age": round(ages[name], 3),
                      "interval_low": None if low is None else round(low, 3),
-                     "interval_high": None if high is None else round(high, 3)})
-    return rows
+                     "interval_high": None if high is None else round(high, 3),
+                     "flag": flag})
+    return rows, assessment

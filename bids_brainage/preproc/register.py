@@ -55,8 +55,10 @@ def register_to_template(
     """Register a skull-stripped, bias-corrected T1w to the template.
 
     Returns a dict with ``mni`` (the brain on the 2 mm MNI grid, not yet normalised),
-    ``mni_mask`` (the brain mask on that grid), ``affine_file`` (ITK .mat, T1w -> MNI) and
-    ``warp_file`` (SyN only). Files are written under ``out_dir``.
+    ``mni_mask`` (the brain mask on that grid), ``affine_file`` (ITK .mat, T1w -> MNI),
+    ``warp_file`` (SyN only) and ``mni_affine`` / ``mni_affine_mask`` (the brain and mask
+    through the affine alone: what the models read; the same as ``mni`` without SyN). Files
+    are written under ``out_dir``.
     """
     import os
 
@@ -86,6 +88,11 @@ def register_to_template(
             result["affine_file"] = shutil.copy(path, out_dir / "affine.mat")
         elif path.endswith(".nii.gz"):
             result["warp_file"] = shutil.copy(path, out_dir / "warp.nii.gz")
+    # the models were trained on affinely registered brains: with SyN, they still read the
+    # image the affine stage alone gives (a SyN-warped brain would be another input)
+    affine_only = (apply_to_template(smooth, mask, [result["affine_file"]], already_smooth=True)
+                   if result["warp_file"] else result)
+    result.update(mni_affine=affine_only["mni"], mni_affine_mask=affine_only["mni_mask"])
     return result
 
 

@@ -34,7 +34,7 @@ def write_group_report(path, table: pd.DataFrame, summary: dict) -> Path:
         counts=summary["counts"], bias_fit=summary["bias_fit"], warnings=summary["warnings"],
         models=summary["models"], notes=_model_notes(summary, spans),
         figures=figures, figure_problems=problems,
-        failed=summary["failed"], out_of_range=out_of_range,
+        failed=summary["failed"], flagged=summary.get("flagged", []), out_of_range=out_of_range,
         any_range=any(span is not None for span in spans.values()),
         without_age=summary["without_age"], missing=summary["missing"], limit=LIST_LIMIT,
     )
@@ -46,7 +46,12 @@ def _model_notes(summary: dict, spans: dict) -> dict[str, dict]:
     notes = {}
     for name, entry in summary["models"].items():
         coef = entry["bias_correction"]
-        if coef.get("slope") is not None:
+        if coef.get("by_site"):
+            bias = f"refitted per site ({coef['site_column']}): " + "; ".join(
+                f"{site}: {fit['method']} on {fit['n_controls']} controls"
+                + (f", offset {fit['offset']:+.1f} y" if fit.get("offset") is not None else "")
+                for site, fit in coef["by_site"].items())
+        elif coef.get("slope") is not None:
             bias = (f"predicted = {coef['slope']:.3f} x age + {coef['intercept']:.2f}, "
                     f"from the {coef['source']}")
             bias += f" ({coef['fitted_on']})" if coef.get("fitted_on") else ""
@@ -86,6 +91,17 @@ def _figures(table: pd.DataFrame, models: list[str], spans: dict) -> tuple[list,
          "mean difference and the 95 % limits of agreement.",
          lambda: group_figures.bland_altman_figure(table, models)),
     )
+    from bids_brainage.stats.cohort import flagged_rows
+
+    flagged = flagged_rows(table)
+    if flagged.any():
+        hidden = table[~flagged]
+        from bids_brainage.stats.cohort import image_labels
+
+        n_hidden = image_labels(table[flagged]).nunique()
+        specs += ((f"Brain-age gap without the flagged predictions: {n_hidden} flagged "
+                   f"image(s) hidden (listed under Flagged).",
+                   lambda: group_figures.gap_distribution_figure(hidden, models, groupings)),)
     figures, problems = [], []
     for caption, make in specs:
         try:

@@ -169,7 +169,7 @@ GROUP = METRIC_ROW + PAGE_HEAD + """<body>
 prediction, {{ counts.images_without_age }} without an age,
 {{ counts.participants_missing }} without any output</p>
 <nav><a href="#metrics">Metrics</a><a href="#figures">Figures</a><a href="#failed">Failed</a>
-<a href="#range">Outside training ages</a><a href="#unused">Without age / missing</a></nav>
+<a href="#flagged">Flagged</a><a href="#range">Outside training ages</a><a href="#unused">Without age / missing</a></nav>
 </header>
 {% if bias_fit == 'cohort' %}
 <div class="alert bad loud">Bias correction was REFITTED ON THIS COHORT (--bias-fit cohort).
@@ -188,6 +188,7 @@ the age bias the correction removes.</p>
 """ + METRIC_HEAD.replace("{{ first }}", "subset") + """
 {{ metric_row('all', model.overall) }}
 {% if model.get('within_training_range') %}{{ metric_row('within training ages', model.within_training_range) }}{% endif %}
+{% if model.get('unflagged') %}{{ metric_row('unflagged (' ~ model.n_flagged ~ ' flagged left out)', model.unflagged) }}{% endif %}
 {% for column in ('site', 'sex') %}{% for value, block in (model.get('by_' ~ column) or {}).items() %}
 {{ metric_row(column ~ ' ' ~ value, block) }}
 {% endfor %}{% endfor %}
@@ -206,6 +207,17 @@ the age bias the correction removes.</p>
 <td>{{ row.message or 'n/a' }}</td><td>{{ row.source }}</td></tr>{% endfor %}
 </table>
 {% if failed | length > limit %}<p>&hellip; and {{ failed | length - limit }} more: see group_brainage.tsv.</p>{% endif %}
+{% else %}<p>None.</p>{% endif %}
+<h2 id="flagged">Flagged predictions ({{ flagged | length }})</h2>
+<p>Images whose prediction the participant level flagged (the flag column): its models
+disagree, it is unlike the training images, its age is outside the training ages, or its
+registration or skull strip is outside the training pool's range. They stay in the metrics
+above; the "unflagged" rows leave them out.</p>
+{% if flagged %}
+<table><tr><th>image</th><th>reasons</th></tr>
+{% for row in flagged[:limit] %}<tr class="flagged"><td>{{ row.image }}</td><td>{{ row.reasons | join(', ') }}</td></tr>{% endfor %}
+</table>
+{% if flagged | length > limit %}<p>&hellip; and {{ flagged | length - limit }} more: see group_brainage.tsv.</p>{% endif %}
 {% else %}<p>None.</p>{% endif %}
 <h2 id="range">Outside the training age range ({{ out_of_range | length }})</h2>
 <p>Flagged, not hidden: these images are in the metrics above; a model extrapolates here.</p>

@@ -23,6 +23,15 @@ ADDED = ("predicted_age_corrected", "brain_age_gap_corrected", "out_of_training_
 GROUPINGS = ("site", "sex")
 # Cohort refits need enough spread to mean anything; below this the fit is still made, but flagged.
 MIN_COHORT_FIT = 20
+# Per-site refits: a line needs this many controls with an age; fewer (but at least
+# MIN_SITE_OFFSET) correct only the site's offset against the model card's line; fewer still
+# are refused (a mean of 4 gaps is off by years: its standard error is ~sd_gap / 2).
+MIN_SITE_LINE = 20
+MIN_SITE_OFFSET = 8
+
+
+class CohortFitError(ValueError):
+    """A requested cohort correction that the data cannot support (too few controls)."""
 
 
 # ------------------------------------------------------------------------------ model cards
@@ -69,21 +78,73 @@ def training_range(card: dict | None) -> tuple[float, float] | None:
 
 
 # ------------------------------------------------------------------------- bias correction
-def bias_coefficients(df: pd.DataFrame, cards: dict, bias_fit: str) -> dict[str, dict]:
-    """The age-bias line of each model: from its card, or refitted on this cohort."""
+def bias_coefficients(df: pd.DataFrame, cards: dict, bias_fit: str, controls=None,
+                      site_column: str | None = None) -> dict[str, dict]:
+    """The age-bias line of each model: from its card, or refitted on this cohort.
+
+    With ``bias_fit="cohort"``, ``controls`` (a boolean Series on ``df``) restricts the fit to
+    those rows, and ``site_column`` fits each site separately (``by_site``): a line with at
+    least ``MIN_SITE_LINE`` controls, else the site's offset against the card's line with at
+    least ``MIN_SITE_OFFSET``; a site with fewer raises :class:`CohortFitError`.
+    """
     if bias_fit not in ("model", "cohort"):
         raise ValueError(f"bias_fit must be 'model' or 'cohort', not {bias_fit!r}")
+    controls = pd.Series(True, index=df.index) if controls is None else controls
     out = {}
     for name in model_names(df):
+        rows = _ok(df) & (df["model"] == name) & controls
+        if bias_fit == "cohort" and site_column:
+            out[name] = _site_fits(df[rows], site_column, _card_fit(cards.get(name)), name)
+            continue
         if bias_fit == "cohort":
-            out[name] = _cohort_fit(df[_ok(df) & (df["model"] == name)])
+            out[name] = _cohort_fit(df[rows])
         else:
             out[name] = _card_fit(cards.get(name))
-        slope = out[name].get("slope")
-        if slope is not None and not slope > 0.1:
-            out[name].update(slope=None, intercept=None,
-                             note=f"slope {slope:.3g} is too flat to invert; no correction")
+        _refuse_flat(out[name])
     return out
+
+
+def _refuse_flat(coef: dict) -> None:
+    slope = coef.get("slope")
+    if slope is not None and not slope > 0.1:
+        coef.update(slope=None, intercept=None,
+                    note=f"slope {slope:.3g} is too flat to invert; no correction")
+
+
+def _site_fits(rows: pd.DataFrame, column: str, card: dict, model: str) -> dict:
+    """One fit per site of ``rows`` (the controls of one model)."""
+    by_site, refused = {}, []
+    sites = rows[column].fillna("n/a").astype(str)
+    for site in sorted(sites.unique()):
+        part = rows[sites == site]
+        n = int((part["age"].notna() & part["predicted_age"].notna()).sum())
+        if n >= MIN_SITE_LINE:
+            fit = _cohort_fit(part)
+            fit["method"] = "line"
+        elif n >= MIN_SITE_OFFSET and card.get("slope") is not None:
+            corrected = metrics.correct_age_bias(part["predicted_age"], card["slope"],
+                                                 card["intercept"])
+            offset = float(np.nanmean(corrected - part["age"]))
+            fit = {"slope": card["slope"],
+                   "intercept": card["intercept"] + card["slope"] * offset,
+                   "offset": offset, "method": "offset", "source": "cohort",
+                   "fitted_on": f"the model card's line, then the mean corrected gap of this "
+                                f"site's {n} controls"}
+        else:
+            refused.append(f"{site} ({n})")
+            continue
+        fit["n_controls"] = n
+        _refuse_flat(fit)
+        by_site[site] = fit
+    if refused:
+        raise CohortFitError(
+            f"model {model}: too few controls with an age to correct site(s) {', '.join(refused)}"
+            f" (column {column!r}); a per-site correction needs at least {MIN_SITE_OFFSET} "
+            f"controls (an offset) or {MIN_SITE_LINE} (a line); add controls, merge sites, or "
+            f"drop --site-column")
+    return {"source": "cohort", "site_column": column, "by_site": by_site,
+            "warning": "COHORT REFIT PER SITE: each site's controls set its correction; "
+                       "corrected metrics of those controls are optimistic."}
 
 
 def _card_fit(card: dict | None) -> dict:
@@ -123,9 +184,14 @@ def annotate(df: pd.DataFrame, cards: dict, coefficients: dict[str, dict]) -> pd
     out["out_of_training_range"] = pd.array([pd.NA] * len(out), dtype="boolean")
     for name, coef in coefficients.items():
         rows = out["model"] == name
-        if coef.get("slope") is not None:
-            out.loc[rows, "predicted_age_corrected"] = metrics.correct_age_bias(
-                out.loc[rows, "predicted_age"], coef["slope"], coef["intercept"])
+        parts = [(rows, coef)]
+        if "by_site" in coef:
+            sites = out[coef["site_column"]].fillna("n/a").astype(str)
+            parts = [(rows & (sites == site), fit) for site, fit in coef["by_site"].items()]
+        for part, fit in parts:
+            if fit.get("slope") is not None:
+                out.loc[part, "predicted_age_corrected"] = metrics.correct_age_bias(
+                    out.loc[part, "predicted_age"], fit["slope"], fit["intercept"])
         span = training_range(cards.get(name))
         if span is not None:
             age = out.loc[rows, "age"]
@@ -190,9 +256,10 @@ def _by_column(rows: pd.DataFrame, column: str) -> dict:
 
 
 def analyse(df: pd.DataFrame, cards: dict, bias_fit: str = "model",
-            missing: list[str] | tuple = ()) -> tuple[pd.DataFrame, dict]:
+            missing: list[str] | tuple = (), controls=None,
+            site_column: str | None = None) -> tuple[pd.DataFrame, dict]:
     """The annotated, sorted table and its summary (what ``group_brainage.json`` holds)."""
-    coefficients = bias_coefficients(df, cards, bias_fit)
+    coefficients = bias_coefficients(df, cards, bias_fit, controls, site_column)
     table = annotate(df, cards, coefficients)
     table = table.sort_values(["participant_id", "session_id", "run", "model"],
                               na_position="first", kind="stable").reset_index(drop=True)
@@ -201,6 +268,9 @@ def analyse(df: pd.DataFrame, cards: dict, bias_fit: str = "model",
     summary = {
         "GeneratedBy": [{"Name": "bids_brainage", "Version": __version__}],
         "bias_fit": bias_fit,
+        "bias_fit_controls": None if controls is None else int(
+            df.loc[_ok(df) & controls, "participant_id"].nunique()),
+        "bias_fit_site_column": site_column,
         "warnings": [],
         "counts": {
             "participants": int(table["participant_id"].nunique()),
@@ -214,6 +284,7 @@ def analyse(df: pd.DataFrame, cards: dict, bias_fit: str = "model",
         },
         "models": {},
         "failed": _failures(table, labels),
+        "flagged": _flagged(table, labels),
         "without_age": sorted(labels[ok & table["age"].isna()].unique()),
         "missing": list(missing),
     }
@@ -232,6 +303,25 @@ def summarize(df: pd.DataFrame, cards: dict, bias_fit: str = "model") -> dict:
     return analyse(df, cards, bias_fit)[1]
 
 
+def flagged_rows(table: pd.DataFrame) -> pd.Series:
+    """Rows whose prediction carries a reliability flag (not ``ok``, known)."""
+    if "flag" not in table.columns:
+        return pd.Series(False, index=table.index)
+    flag = table["flag"].astype("string")
+    return (_ok(table) & flag.notna() & (flag != "ok")).fillna(False).astype(bool)
+
+
+def _flagged(table: pd.DataFrame, labels: pd.Series) -> list[dict]:
+    """One entry per flagged image: its reasons (the same for every model of the image)."""
+    rows = flagged_rows(table)
+    out = {}
+    for label, row in zip(labels[rows], table[rows].itertuples()):
+        out.setdefault(label, {"image": label, "participant_id": row.participant_id,
+                               "reasons": str(row.flag).split(";"), "models": []})
+        out[label]["models"].append(row.model)
+    return list(out.values())
+
+
 def _model_summary(table, labels, name, card, coef) -> dict:
     rows = table[_ok(table) & (table["model"] == name)]
     outside = rows["out_of_training_range"].fillna(False).astype(bool)
@@ -241,6 +331,10 @@ def _model_summary(table, labels, name, card, coef) -> dict:
         "bias_correction": coef,
         "overall": metric_block(rows),
     }
+    flagged = flagged_rows(rows)
+    entry["n_flagged"] = int(flagged.sum())
+    if flagged.any():
+        entry["unflagged"] = metric_block(rows[~flagged])
     for column in GROUPINGS:
         if column in rows.columns and rows[column].notna().any():
             entry[f"by_{column}"] = _by_column(rows, column)

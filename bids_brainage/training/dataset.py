@@ -47,7 +47,8 @@ def find_subjects(derivatives_dir: Path, participants: dict[str, dict]) -> list[
 
 
 def load_mni(subject: Subject) -> tuple[np.ndarray, np.ndarray]:
-    """The un-normalised brain and its mask on the 2 mm MNI grid, as prediction sees them."""
+    """The un-normalised brain and its mask on the 2 mm MNI grid, as prediction sees them
+    (affinely registered, even where the run also made a SyN warp)."""
     import nibabel as nib
 
     from bids_brainage.preproc.register import apply_to_template
@@ -57,11 +58,8 @@ def load_mni(subject: Subject) -> tuple[np.ndarray, np.ndarray]:
     mask = np.asanyarray(nib.load(str(subject.anat_dir / names["mask"])).dataobj) > 0
     brain = nib.Nifti1Image(np.where(mask, t1w.get_fdata(dtype=np.float32), 0).astype(np.float32),
                             t1w.affine)
-    transforms = [str(subject.anat_dir / names["affine"])]
-    warp = subject.anat_dir / names["warp"]
-    if warp.exists():
-        transforms.insert(0, str(warp))
-    out = apply_to_template(brain, mask, transforms)
+    # the affine alone, whatever --registration made: every model reads the affine image
+    out = apply_to_template(brain, mask, [str(subject.anat_dir / names["affine"])])
     return out["mni"].get_fdata(dtype=np.float32), out["mni_mask"]
 
 
@@ -74,18 +72,51 @@ def subject_inputs(subject: Subject, spec: dict) -> np.ndarray:
 
 
 def build_inputs(subjects: list[Subject], spec: dict, progress: bool = True,
-                 nprocs: int = 1) -> np.ndarray:
+                 nprocs: int = 1, cache_dir: Path | None = None) -> np.ndarray:
     """Stack :func:`subject_inputs` for every subject, in order, on ``nprocs`` processes
-    (forkserver workers: forked ones hang once torch has run), with a progress bar."""
+    (forkserver workers: forked ones hang once torch has run), with a progress bar.
+
+    With ``cache_dir``, each subject's input is kept there under a key of the spec, the code
+    version and the derivatives' sizes and times, and reused while they are unchanged.
+    """
     import functools
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     from tqdm import tqdm
 
-    work = functools.partial(subject_inputs, spec=spec)
+    work = functools.partial(cached_inputs if cache_dir else subject_inputs, spec=spec,
+                             **({"cache_dir": Path(cache_dir)} if cache_dir else {}))
     bar = dict(total=len(subjects), desc=f"inputs {spec.get('feature')}", disable=not progress)
     if nprocs <= 1 or len(subjects) < 2:
         return np.stack([work(s) for s in tqdm(subjects, **bar)])
     with ProcessPoolExecutor(nprocs, mp_context=get_context("forkserver")) as pool:
         return np.stack(list(tqdm(pool.map(work, subjects), **bar)))
+
+
+def cache_key(subject: Subject, spec: dict) -> str:
+    import hashlib
+
+    from bids_brainage import __version__
+
+    names = output_names(subject.prefix)
+    stamps = []
+    for key in ("t1w", "mask", "affine"):
+        path = subject.anat_dir / names[key]
+        stat = path.stat()
+        stamps.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    text = json.dumps([spec, __version__, stamps], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cached_inputs(subject: Subject, spec: dict, cache_dir: Path) -> np.ndarray:
+    """:func:`subject_inputs`, kept in ``cache_dir`` (written atomically)."""
+    from bids_brainage.io import atomic_path
+
+    path = Path(cache_dir) / f"{subject.prefix}-{cache_key(subject, spec)}.npy"
+    if path.exists():
+        return np.load(path)
+    x = subject_inputs(subject, spec)
+    with atomic_path(path) as tmp:
+        np.save(tmp, x)
+    return x

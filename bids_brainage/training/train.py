@@ -3,12 +3,18 @@
 The command line is ``bids_brainage.cli.train``.
 
 1. Preprocess with the participant workflow (or reuse ``--derivatives``), no prediction.
-2. Split participants by age (seeded): train 60 % / validation 20 % / test 20 %.
-3. Per model: k-fold CV on train+validation, fit on train. The out-of-fold predictions of
-   the CV calibrate (ensemble weights, age-bias line, conformal interval); validation and
-   test are predicted by the model fitted on train; test is reported once and never used
-   to choose anything.
-4. Write weights and ``models.json`` (cards with data, metrics, seed, versions, sha256).
+2. Build every model's input with the prediction code path (cached in the work folder).
+3. Robustness (``--robustness N``): the candidate default models are fitted without N
+   participants, and those participants' images, changed as other sites change them, run
+   through the app; a model whose mean change reaches 2 years leaves the defaults.
+4. Repeated nested cross-validation of the whole fitting procedure
+   (:func:`bids_brainage.training.crossval.fit_ensemble`: members, ensemble weights,
+   intervals): the figures the cards report, from outer folds no choice touched.
+5. The same procedure on **every** participant: the bundled weights; ensemble weights,
+   intervals and age-bias lines from its inner out-of-fold predictions.
+6. External validation (``--external``): the final models on a labelled dataset from another
+   site, reported in each card and never used to fit or choose anything.
+7. Write the weights and ``models.json``.
 """
 from __future__ import annotations
 
@@ -23,10 +29,11 @@ import numpy as np
 from bids_brainage import __version__
 from bids_brainage.features.morphometry import REGION_ERODE
 from bids_brainage.preproc.bias import LOG_SPREAD
-from bids_brainage.training.splits import SPLIT_FRACTIONS
+from bids_brainage.training.crossval import Member, fit_ensemble, nested_cv, summarise
 
 LOG = logging.getLogger("bids_brainage.train")
-# the voxels every model reads: the brain inside the template brain eroded by 2 voxels
+# the voxels the histogram and morphometry models read: the brain inside the template brain
+# eroded by 2 voxels
 MODEL_REGION = {"region": "template", "erode": REGION_ERODE}
 # the original project's forest: the 100-bin histogram of GMM-normalised intensities (WM = 1)
 FOREST_INPUT_GMM = {"feature": "histogram", "normalization": "gmm", "bins": 100, **MODEL_REGION}
@@ -42,7 +49,10 @@ FOREST_INPUTS = {
 }
 FOREST_INPUT = FOREST_INPUTS["logquantile"]
 MORPH_INPUT = {"feature": "morphometry", **MODEL_REGION}
-INTERVAL_LEVEL = 0.9
+TISSUE_INPUT = {"feature": "tissue"}
+SKLEARN_MODELS = ("rf", "morph", "tissue")
+LICENCE = ("CC BY-SA 3.0 (trained on IXI: Imperial College London, brain-development.org; "
+           "resampled and labelled by NiChart, CBICA)")
 
 
 def metrics(age, predicted) -> dict:
@@ -52,124 +62,97 @@ def metrics(age, predicted) -> dict:
     r = m.pearson_r(age, predicted)
     return {"n": int(age.size), "mae": round(m.mae(age, predicted), 3),
             "rmse": round(m.rmse(age, predicted), 3), "r": round(r.r, 4),
-            "r2": round(m.r2(age, predicted), 4)}
+            "r2": round(m.r2(age, predicted), 4),
+            "mean_gap": round(float(np.mean(predicted - age)), 3)}
 
 
-def conformal_halfwidth(residuals, level: float = INTERVAL_LEVEL) -> float:
-    """Split-conformal half-width: the ceil((n+1)·level)-th smallest |residual|.
-
-    >>> conformal_halfwidth(np.arange(1, 20), 0.9)
-    18.0
-    """
-    scores = np.sort(np.abs(np.asarray(residuals, float)))
-    k = int(np.ceil((scores.size + 1) * level))
-    return float(scores[min(k, scores.size) - 1])
-
-
-def simplex_grid(n: int, step: float = 0.05) -> np.ndarray:
-    """Every weight vector of ``n`` non-negative multiples of ``step`` summing to one.
-
-    >>> simplex_grid(3, 0.5).tolist()
-    [[0.0, 0.0, 1.0], [0.0, 0.5, 0.5], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]
-    """
-    import itertools
-
-    units = round(1 / step)
-    rows = [c for c in itertools.product(range(units + 1), repeat=n - 1) if sum(c) <= units]
-    return np.array([[*c, units - sum(c)] for c in rows], float) / units
-
-
-def ensemble_weights(predictions: dict[str, np.ndarray], age) -> dict[str, float]:
-    """Convex weights on a 0.05 grid minimising the MAE of held-out predictions (ties go to
-    the first grid point, i.e. more weight on later members)."""
-    names = list(predictions)
-    if len(names) == 1:
-        return {names[0]: 1.0}
-    grid = simplex_grid(len(names))
-    stacked = np.column_stack([predictions[n] for n in names])
-    errors = np.abs(stacked @ grid.T - np.asarray(age, float)[:, None]).mean(axis=0)
-    best = grid[int(np.argmin(errors))]
-    return {n: round(float(w), 2) for n, w in zip(names, best)}
-
-
-def preprocess(args, work_dir: Path) -> Path:
-    """Participant-level preprocessing (no prediction) of the training dataset."""
+def preprocess(bids_dir: Path, work_dir: Path, nprocs: int, labels=None) -> Path:
+    """Participant-level preprocessing (no prediction) of a dataset into ``work_dir``."""
     from bids_brainage.cli.parser import get_parser as app_parser
     from bids_brainage.config import Settings, apply_thread_environment
     from bids_brainage.levels.participant import run_participant
 
     derivatives = work_dir / "derivatives"
-    argv = [str(args.bids_dir), str(derivatives), "participant", "-w", str(work_dir / "work"),
-            "--nprocs", str(args.nprocs), "--no-report", "--skip-bids-validation"]
-    if args.participant_label:
-        argv += ["--participant-label", *args.participant_label]
+    argv = [str(bids_dir), str(derivatives), "participant", "-w", str(work_dir / "work"),
+            "--nprocs", str(nprocs), "--no-report", "--skip-bids-validation"]
+    if labels:
+        argv += ["--participant-label", *labels]
     settings = Settings.from_args(app_parser().parse_args(argv))
     apply_thread_environment(settings)
     run_participant(settings, predict=False)
     return derivatives
 
 
-def train_sklearn_model(x, ages, split, folds, args, fit=None):
-    """CV on train+val, fit on train; returns the card metrics, the model, all predictions
-    and the out-of-fold predictions (NaN on test). ``fit(x, y)`` defaults to the forest."""
-    from bids_brainage.models.forest import train_forest
-    from bids_brainage.training.splits import kfold_indices
+# ---------------------------------------------------------------------------------- members
+def sklearn_fit(name: str, args):
+    """``fit(x, y)`` of a scikit-learn member; hyper-parameters are chosen inside it."""
+    from bids_brainage.models.forest import train_forest, train_ridge
 
-    if fit is None:
-        def fit(features, target):
-            return train_forest(features, target, seed=args.random_seed,
-                                n_estimators=args.rf_trees, n_jobs=args.nprocs)
-
-    dev = np.flatnonzero(split != "test")
-    oof = np.full(len(ages), np.nan)
-    for fold in kfold_indices(ages[dev], k=folds, seed=args.random_seed):
-        held = dev[fold]
-        rest = np.setdiff1d(dev, held)
-        oof[held] = fit(x[rest], ages[rest]).predict(x[held])
-    train = split == "train"
-    model = fit(x[train], ages[train])
-    predicted = model.predict(x)
-    return {"cv": metrics(ages[dev], oof[dev])}, model, predicted, oof
+    if name == "rf":
+        return lambda x, y: train_forest(x, y, seed=args.random_seed,
+                                         n_estimators=args.rf_trees, n_jobs=args.nprocs)
+    return train_ridge
 
 
-def train_resnet_model(x, ages, split, args, spec):
-    """K-fold CV on train+val with the same settings, then fit on train (validation only
-    monitored: no early stopping on it); returns the CV metrics, the net, predictions for
-    everyone, the card fragment and the out-of-fold predictions (NaN on test)."""
+def member_input(name: str, args) -> dict:
+    return {"rf": FOREST_INPUTS[args.rf_normalization], "morph": MORPH_INPUT,
+            "tissue": TISSUE_INPUT}[name]
+
+
+ARCHITECTURES = {
+    "rf": lambda args: (
+        f"RandomForestRegressor({args.rf_trees} trees, max_features 0.33, min_samples_leaf 2) "
+        f"on the 100-bin histogram of {HISTOGRAMS[args.rf_normalization]} inside the template "
+        f"brain eroded by 2 voxels"),
+    "morph": lambda args: (
+        "standardised features, ridge (penalty by leave-one-out CV inside the training data) "
+        "on log-Jacobians of a SyN warp to the template and rank-normalised intensities, both "
+        "at 8 mm inside the template brain eroded by 2 voxels"),
+    "tissue": lambda args: (
+        "standardised features, ridge (penalty by leave-one-out CV inside the training data) "
+        "on grey- and white-matter maps (3-class mixture of log intensities with the "
+        "template's tissue priors) warped to the template's by SyN and modulated by its "
+        "Jacobian, and the log-Jacobian, smoothed (8 mm FWHM) at 4 mm inside the template "
+        "brain"),
+}
+HISTOGRAMS = {"logquantile": "log intensities (10th percentile at 0, 90th at 1) and the 3 "
+                             "tissue fractions",
+              "loggmm": "log intensities (CSF class at 0, WM at 1) and the 3 tissue fractions",
+              "gmm": "GMM-normalised intensities"}
+
+
+# ------------------------------------------------------------------------------------ ResNet
+def train_resnet_model(x, ages, groups, args, spec):
+    """K-fold CV on every participant (one repeat, the same settings: the ResNet is not a
+    default, its nested CV would cost hours), then the fit on every participant; returns the
+    net, its card fragment and the out-of-fold predictions."""
     from bids_brainage.models import resnet3d
-    from bids_brainage.training.splits import kfold_indices
+    from bids_brainage.training.crossval import group_folds
 
-    def fit(rows, monitor=None, progress=True):
-        extra = (x[monitor], ages[monitor]) if monitor is not None else ()
+    def fit(rows):
         return resnet3d.train_resnet(
-            x[rows], ages[rows], *extra,
-            depth=args.resnet_depth, width=args.resnet_width, epochs=args.resnet_epochs,
-            batch_size=args.resnet_batch_size, lr=args.resnet_lr, seed=args.random_seed,
-            augment=resnet_augment(args), threads=args.nprocs, val_every=10,
-            progress=progress)
+            x[rows], ages[rows], depth=args.resnet_depth, width=args.resnet_width,
+            epochs=args.resnet_epochs, batch_size=args.resnet_batch_size, lr=args.resnet_lr,
+            seed=args.random_seed, augment=resnet_augment(args), threads=args.nprocs,
+            val_every=10, progress=True)
 
-    dev = np.flatnonzero(split != "test")
     oof = np.full(len(ages), np.nan)
-    folds = kfold_indices(ages[dev], k=args.folds, seed=args.random_seed)
-    for k, fold in enumerate(folds, 1):
-        held = dev[fold]
+    folds = group_folds(ages, groups, args.folds, args.random_seed)
+    for k, held in enumerate(folds, 1):
         LOG.info("ResNet cross-validation: fold %d of %d (%d held out)", k, len(folds),
                  held.size)
-        net, history = fit(np.setdiff1d(dev, held))
+        net, history = fit(np.setdiff1d(np.arange(len(ages)), held))
         oof[held] = resnet3d.predict_batch(net, x[held], history["target_mean"],
                                            history["target_std"])
-    train, val = split == "train", split == "val"
-    LOG.info("ResNet: fitting on the training split")
-    net, history = fit(np.flatnonzero(train), np.flatnonzero(val))
+    LOG.info("ResNet: fitting on every participant")
+    net, history = fit(np.arange(len(ages)))
     card = resnet3d.resnet_card(
         f"resnet{args.resnet_depth}", args.resnet_depth, args.resnet_width,
         spec, history["target_mean"], history["target_std"],
         flip_average=args.resnet_flip_average,
     )
     card["training_params"] = history["params"]
-    predicted = np.array([resnet3d.predict_volume(net, xi, threads=args.nprocs, card=card)
-                          for xi in x])
-    return {"cv": metrics(ages[dev], oof[dev])}, net, predicted, card, oof
+    return net, card, oof
 
 
 def resnet_augment(args) -> dict:
@@ -185,9 +168,9 @@ def resnet_augment(args) -> dict:
     return dict(resnet3d.DEFAULT_AUGMENT)
 
 
-def resnet_spec(args, subjects=None, split=None) -> dict:
-    """The ResNet's input spec; for ``quantile`` with the reference quantiles: the mean over
-    the training split of each brain's GMM-normalised quantiles (in the model region)."""
+def resnet_spec(args, subjects, cache_dir=None) -> dict:
+    """The ResNet's input spec; for ``quantile`` with the reference quantiles: the mean of
+    every training brain's GMM-normalised quantiles (in the model region)."""
     from bids_brainage.models import resnet3d
     from bids_brainage.training.dataset import build_inputs
 
@@ -195,12 +178,14 @@ def resnet_spec(args, subjects=None, split=None) -> dict:
     if args.resnet_normalization in ("rank", "quantile"):
         spec.update(normalization=args.resnet_normalization, **MODEL_REGION)
     if args.resnet_normalization == "quantile":
-        train = [s for s, k in zip(subjects, split) if k == "train"]
-        quantiles = build_inputs(train, {"feature": "quantiles", "normalization": "gmm",
-                                         **MODEL_REGION}, nprocs=args.nprocs)
+        quantiles = build_inputs(subjects, {"feature": "quantiles", "normalization": "gmm",
+                                            **MODEL_REGION}, nprocs=args.nprocs,
+                                 cache_dir=cache_dir)
         spec["reference"] = [round(float(q), 5) for q in quantiles.mean(axis=0)]
     return spec
 
+
+# -------------------------------------------------------------------------------- the cards
 def _versions() -> dict:
     import sklearn
 
@@ -215,54 +200,27 @@ def _versions() -> dict:
     return out
 
 
-def calibrate(card: dict, predicted: np.ndarray, ages: np.ndarray, split: np.ndarray,
-              held_out: np.ndarray | None = None) -> dict:
-    """Calibration (interval, age-bias line) and metrics, added to a card in place.
-
-    ``held_out`` holds the out-of-fold predictions of cross-validation on train+val (NaN on
-    test): the interval and the bias line come from them (110 held-out predictions on our
-    data instead of the validation split's 28, so a less noisy quantile and line). Without
-    them (a card re-calibrated by ``--skip-training``) the validation predictions are used.
-    """
+def calibration(predicted_oof, ages, source: str) -> dict:
+    """The card's ``interval`` and ``bias_correction`` from out-of-fold predictions."""
+    from bids_brainage.stats.intervals import calibrate_interval
     from bids_brainage.stats.metrics import fit_age_bias
 
-    val, test, train = split == "val", split == "test", split == "train"
-    if held_out is None:
-        rows, scored, source = val, predicted, "validation split"
-    else:
-        rows, scored, source = ~np.isnan(held_out), held_out, "cross-validation out-of-fold"
-    half = conformal_halfwidth(scored[rows] - ages[rows])
-    covered = np.abs(predicted[test] - ages[test]) <= half
-    slope, intercept = fit_age_bias(ages[rows], scored[rows])
-    card.setdefault("validation", {}).update({
-        "val": metrics(ages[val], predicted[val]),
-        "test": metrics(ages[test], predicted[test]),
-        "train_mean_baseline_test_mae": round(float(np.mean(np.abs(ages[train].mean()
-                                                                  - ages[test]))), 3),
-    })
-    n = int(rows.sum())
-    card["interval"] = {"method": f"split-conformal on {source} |residuals| (n={n})",
-                        "level": INTERVAL_LEVEL, "halfwidth": round(half, 3),
-                        "test_coverage": round(float(covered.mean()), 3)}
-    card["bias_correction"] = {"slope": round(slope, 5), "intercept": round(intercept, 4),
-                               "fitted_on": f"{source} predictions (n={n})"}
-    return card
+    slope, intercept = fit_age_bias(ages, predicted_oof)
+    interval = calibrate_interval(predicted_oof, ages)
+    interval["fitted_on"] = f"{source} (n={len(ages)})"
+    return {"interval": interval,
+            "bias_correction": {"slope": round(slope, 5), "intercept": round(intercept, 4),
+                                "fitted_on": f"{source} predictions (n={len(ages)})"}}
 
 
-def training_card(subjects, ages, split, args, excluded) -> dict:
-    sites = sorted({s.site for s in subjects})
+def training_card(subjects, ages, args, excluded) -> dict:
     return {
         "dataset": str(args.bids_dir.name), "n": int(len(ages)),
-        "n_train": int((split == "train").sum()), "n_val": int((split == "val").sum()),
-        "n_test": int((split == "test").sum()),
+        "n_participants": len({s.participant_id for s in subjects}),
+        "fitted_on": "every labelled participant",
         "age_min": round(float(ages.min()), 2), "age_max": round(float(ages.max()), 2),
-        "sites": sites, "split_seed": args.random_seed,
-        "split": {**SPLIT_FRACTIONS, "stratified_by": "age"},
+        "sites": sorted({s.site for s in subjects}), "seed": args.random_seed,
         "excluded_participants": sorted(excluded),
-        "val_participants": sorted(s.participant_id for s, k in zip(subjects, split)
-                                   if k == "val"),
-        "test_participants": sorted(s.participant_id for s, k in zip(subjects, split)
-                                    if k == "test"),
     }
 
 
@@ -273,122 +231,14 @@ def write_models(model_dir: Path, cards: list[dict]) -> Path:
     for card in cards:
         if card.get("file"):
             card["sha256"] = sha256sum(model_dir / card["file"])
-    return atomic_write_json(model_dir / CARD_FILE, {"schema_version": 1, "models": cards})
+    return atomic_write_json(model_dir / CARD_FILE, {"schema_version": 2, "models": cards})
 
 
-def run(args) -> int:
-    from bids_brainage.bids.participants import read_participants
-    from bids_brainage.training.dataset import build_inputs, find_subjects
-    from bids_brainage.training.splits import stratified_assign
+def save_member(name: str, model, model_dir: Path) -> str:
+    from bids_brainage.models.forest import save_forest
 
-    model_dir = args.model_dir.resolve()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    work_dir = (args.work_dir or model_dir / "work").resolve()
-    derivatives = args.derivatives or preprocess(args, work_dir)
-    participants = read_participants(args.bids_dir)
-    excluded = {f"sub-{x.removeprefix('sub-')}" for x in args.exclude_label}
-    subjects = [s for s in find_subjects(derivatives, participants)
-                if s.participant_id not in excluded]
-    if args.participant_label:
-        keep = {f"sub-{x.removeprefix('sub-')}" for x in args.participant_label}
-        subjects = [s for s in subjects if s.participant_id in keep]
-    if len(subjects) < 10:
-        LOG.error("only %d participants with an age and complete outputs; need >= 10",
-                  len(subjects))
-        return 1
-    ages = np.array([s.age for s in subjects])
-    split = stratified_assign(ages, SPLIT_FRACTIONS, seed=args.random_seed)
-    LOG.info("%d participants: %s", len(ages),
-             {k: int((split == k).sum()) for k in ("train", "val", "test")})
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    if args.skip_training:
-        from bids_brainage.models.registry import load_cards
-
-        cards = [{k: v for k, v in c.items() if k != "_dir"}
-                 for c in load_cards(model_dir).values()]
-        val_predictions = {c["name"]: predict_subjects(dict(c, _dir=str(model_dir)), subjects,
-                                                       args.nprocs)
-                           for c in cards if c.get("kind") != "ensemble"}
-        apply_robustness(cards, subjects, ages, split, val_predictions, derivatives, args,
-                         model_dir, work_dir)
-        write_models(model_dir, cards)
-        return 0
-    common = {
-        "version": __version__,
-        "training": training_card(subjects, ages, split, args, excluded),
-        "versions": _versions(),
-        "date": _dt.date.today().isoformat(),
-        "command": "bids_brainage-train " + " ".join(sys.argv[1:]),
-        "licence": "CC BY-SA 3.0 (trained on IXI: Imperial College London, "
-                   "brain-development.org; resampled and labelled by NiChart, CBICA)",
-    }
-    cards, val_predictions, oof = [], {}, {}
-    if "rf" in names:
-        spec = FOREST_INPUTS[args.rf_normalization]
-        x = build_inputs(subjects, spec, nprocs=args.nprocs)
-        extra, model, predicted, oof["rf"] = train_sklearn_model(x, ages, split, args.folds,
-                                                                 args)
-        from bids_brainage.models.forest import save_forest
-
-        save_forest(model, model_dir / "rf.joblib")
-        histogram = {"logquantile": "log intensities (10th percentile at 0, 90th at 1) and "
-                                    "the 3 tissue fractions",
-                     "loggmm": "log intensities (CSF class at 0, WM at 1) and the 3 tissue "
-                               "fractions",
-                     "gmm": "GMM-normalised intensities"}[args.rf_normalization]
-        card = {"name": "rf", "kind": "forest", "file": "rf.joblib",
-                "architecture": f"RandomForestRegressor({args.rf_trees} trees, max_features "
-                                f"0.33, min_samples_leaf 2) on the 100-bin histogram of "
-                                f"{histogram} inside the template brain eroded by 2 voxels",
-                "input": spec, **common, "preprocessing": preprocessing(spec),
-                "validation": extra}
-        cards.append(calibrate(card, predicted, ages, split, oof["rf"]))
-        val_predictions["rf"] = predicted
-    if "morph" in names:
-        from bids_brainage.models.forest import save_forest, train_ridge
-
-        x = build_inputs(subjects, MORPH_INPUT, nprocs=args.nprocs)
-        extra, model, predicted, oof["morph"] = train_sklearn_model(
-            x, ages, split, args.folds, args, fit=train_ridge)
-        save_forest(model, model_dir / "morph.joblib")
-        card = {"name": "morph", "kind": "ridge", "file": "morph.joblib",
-                "architecture": "standardised features, ridge (penalty by leave-one-out CV on "
-                                "the training split) on log-Jacobians of a SyN warp to the "
-                                "template and rank-normalised intensities, both at 8 mm inside "
-                                "the template brain eroded by 2 voxels",
-                "input": MORPH_INPUT, **common, "preprocessing": preprocessing(MORPH_INPUT),
-                "validation": extra}
-        cards.append(calibrate(card, predicted, ages, split, oof["morph"]))
-        val_predictions["morph"] = predicted
-    resnet_names = [n for n in names if n.startswith("resnet")]
-    if resnet_names:
-        from bids_brainage.models import resnet3d
-
-        spec = resnet_spec(args, subjects, split)
-        x = build_inputs(subjects, spec, nprocs=args.nprocs)
-        extra, net, predicted, card, held_out = train_resnet_model(x, ages, split, args, spec)
-        resnet3d.save_resnet(net, model_dir / f"{card['name']}.pt")
-        card.update(file=f"{card['name']}.pt", **common, preprocessing=preprocessing(spec),
-                    validation=extra)
-        cards.append(calibrate(card, predicted, ages, split, held_out))
-        val_predictions[card["name"]] = predicted
-        oof[card["name"]] = held_out
-    if len(val_predictions) > 1:
-        weights = ensemble_weights({n: p[split != "test"] for n, p in oof.items()},
-                                   ages[split != "test"])
-        cards.append(ensemble_card(weights, val_predictions, ages, split,
-                                   {**common, "preprocessing": PREPROCESSING}, oof))
-    if args.robustness:
-        apply_robustness(cards, subjects, ages, split, val_predictions, derivatives, args,
-                         model_dir, work_dir, oof)
-    path = write_models(model_dir, cards)
-    for card in cards:
-        v = card["validation"]
-        LOG.info("%-10s val MAE %.2f  test MAE %.2f r %.3f  (baseline %.2f)", card["name"],
-                 v["val"]["mae"], v["test"]["mae"], v["test"]["r"],
-                 v["train_mean_baseline_test_mae"])
-    LOG.info("wrote %s", path)
-    return 0
+    save_forest(model, model_dir / f"{name}.joblib")
+    return f"{name}.joblib"
 
 
 PREPROCESSING = ("conform RAS; deepbet; largest component; "
@@ -405,6 +255,9 @@ def preprocessing(spec: dict) -> str:
     feature, norm = spec.get("feature", "histogram"), spec.get("normalization", "gmm")
     if feature == "morphometry":
         last = "rank-normalised; SyN to the rank-normalised template (log-Jacobians)"
+    elif feature == "tissue":
+        last = ("GM/WM/CSF mixture with template priors; SyN of the tissue maps to the "
+                "template's; Jacobian-modulated GM and WM")
     elif norm == "quantile":
         last = "rank-normalised, mapped onto the reference quantiles"
     elif norm == "rank":
@@ -418,98 +271,255 @@ def preprocessing(spec: dict) -> str:
     return f"{PREPROCESSING}; {last}"
 
 
-def predict_subjects(card: dict, subjects, threads: int) -> np.ndarray:
-    """A model's predictions for every subject, through the prediction code path."""
+# --------------------------------------------------------------------------------------- run
+def load_subjects(args, derivatives: Path, excluded=()):
+    from bids_brainage.bids.participants import read_participants
+    from bids_brainage.training.dataset import find_subjects
+
+    participants = read_participants(args.bids_dir)
+    subjects = [s for s in find_subjects(derivatives, participants)
+                if s.participant_id not in excluded]
+    if args.participant_label:
+        keep = {f"sub-{x.removeprefix('sub-')}" for x in args.participant_label}
+        subjects = [s for s in subjects if s.participant_id in keep]
+    return subjects
+
+
+def run(args) -> int:
     from bids_brainage.training.dataset import build_inputs
-    from bids_brainage.models.predict import load_predictor
 
-    x = build_inputs(subjects, card.get("input", {}), nprocs=threads)
-    predictor = load_predictor(card, threads)
-    return np.array([predictor(xi) for xi in x])
+    model_dir = args.model_dir.resolve()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = (args.work_dir or model_dir / "work").resolve()
+    cache = work_dir / "inputs"
+    derivatives = args.derivatives or preprocess(args.bids_dir, work_dir, args.nprocs,
+                                                 args.participant_label)
+    excluded = {f"sub-{x.removeprefix('sub-')}" for x in args.exclude_label}
+    subjects = load_subjects(args, derivatives, excluded)
+    if len(subjects) < 10:
+        LOG.error("only %d participants with an age and complete outputs; need >= 10",
+                  len(subjects))
+        return 1
+    ages = np.array([s.age for s in subjects])
+    groups = np.array([s.participant_id for s in subjects])
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    defaults = [n for n in (d.strip() for d in args.defaults.split(",")) if n in names]
+    LOG.info("%d images of %d participants; models %s (defaults %s)", len(ages),
+             len(set(groups)), names, defaults)
+    members = [Member(n, build_inputs(subjects, member_input(n, args), nprocs=args.nprocs,
+                                      cache_dir=cache), sklearn_fit(n, args))
+               for n in names if n in SKLEARN_MODELS]
+    common = {
+        "version": __version__, "training": training_card(subjects, ages, args, excluded),
+        "versions": _versions(), "date": _dt.date.today().isoformat(),
+        "command": "bids_brainage-train " + " ".join(sys.argv[1:]), "licence": LICENCE,
+    }
+    robustness, reasons = {}, {}
+    if args.robustness and defaults:
+        from bids_brainage.training.robustness import gate
 
+        robustness, reasons = gate(members, subjects, ages, groups, defaults, derivatives,
+                                   args, work_dir, common)
+        defaults = [n for n in defaults if n not in reasons] or [
+            min(defaults, key=lambda n: max(robustness["mean"][n].values()))]
+    ensemble_members = [m for m in members if m.name in defaults]
 
-def ensemble_card(weights: dict[str, float], predictions: dict[str, np.ndarray], ages, split,
-                  template: dict, held_out: dict[str, np.ndarray] | None = None) -> dict:
-    """The ensemble's card: its members' weights, and its calibration from the weighted
-    out-of-fold predictions (``held_out``, when every member has them)."""
-    predicted = sum(w * predictions[n] for n, w in weights.items())
-    combined = None
-    if held_out and all(n in held_out for n in weights):
-        combined = sum(w * held_out[n] for n, w in weights.items())
-    source = ("cross-validation out-of-fold predictions on train+validation"
-              if combined is not None else "validation predictions")
-    card = {"name": "ensemble", "kind": "ensemble", "members": weights, "intercept": 0.0,
-            "architecture": (f"convex combination, weights (0.05 grid) minimising the MAE of "
-                             f"the members' {source}"
-                             if len(weights) > 1 else
-                             f"the single default model {next(iter(weights))} (its interval and "
-                             f"bias line from its {source})"),
-            **{k: template[k] for k in ("version", "training", "preprocessing", "versions",
-                                        "date", "command", "licence") if k in template}}
-    return calibrate(card, predicted, ages, split, combined)
+    LOG.info("repeated nested cross-validation (%d x %d folds) of %s", args.repeats, args.folds,
+             [m.name for m in members])
+    nested = nested_cv(members, ages, groups, k=args.folds, repeats=args.repeats,
+                       inner_k=args.folds, seed=args.random_seed)
+    if len(ensemble_members) != len(members):  # the ensemble of the defaults only
+        default_nested = nested_cv(ensemble_members, ages, groups, k=args.folds,
+                                   repeats=args.repeats, inner_k=args.folds,
+                                   seed=args.random_seed)
+        nested["predictions"]["ensemble"] = default_nested["predictions"]["ensemble"]
+        for key in ("member_low", "member_high"):
+            nested[key]["ensemble"] = default_nested[key]["ensemble"]
+        nested["weights"] = default_nested["weights"]
+        nested["spread"] = default_nested["spread"]
+    LOG.info("fitting every model on all %d images", len(ages))
+    final = fit_ensemble(members, ages, None, groups, k=args.folds, seed=args.random_seed,
+                         weights=None)
+    weights = (final.weights if len(ensemble_members) == len(members) else
+               fit_ensemble(ensemble_members, ages, None, groups, k=args.folds,
+                            seed=args.random_seed).weights)
+    external = external_predictions(args, final, members, work_dir)
+    reliability = reliability_card(args, subjects, ages, groups, nested, cache)
 
-
-def apply_robustness(cards, subjects, ages, split, predictions, derivatives, args, model_dir,
-                     work_dir, held_out: dict[str, np.ndarray] | None = None) -> None:
-    """Measure each model on changed copies of validation brains; keep only robust models
-    (every mean |change| < 2 years) in the default ensemble; say why in the others' cards."""
-    from bids_brainage.training.robustness import (ROBUST_LIMIT, evaluate, least_sensitive,
-                                                 robust_models)
-
-    write_models(model_dir, cards)  # the variants run through the app with these models
-    val = [s for s, k in zip(subjects, split) if k == "val"][: args.robustness]
-    images = {}
-    for s in val:
-        t1w = sorted((args.bids_dir / s.participant_id).rglob(f"{s.prefix}_T1w.nii*"))[0]
-        masks = args.reference_masks or derivatives
-        found = sorted(Path(masks).glob(f"{s.participant_id}/**/{s.prefix}*_desc-brain_mask.nii*"))
-        images[s.participant_id.removeprefix("sub-")] = (t1w, found[0] if found else None)
-    changes = evaluate(model_dir, images, work_dir / "robustness", args.nprocs)
-    reasons = robust_models({m: c for m, c in changes.items() if m != "ensemble"})
-    for card in cards:
-        name = card["name"]
-        card["robustness"] = {
-            "mean_abs_change_years": changes.get(name, {}), "limit_years": ROBUST_LIMIT,
-            "participants": [f"sub-{x}" for x in images], "split": "validation",
-            "mask_for_stripped_variant": "reference" if args.reference_masks else "pipeline",
-        }
-        if card.get("kind") == "ensemble":
-            continue
-        card["default"] = reasons.get(name) is None
-        if reasons.get(name):
-            card["not_default_because"] = reasons[name]
-    robust = [c["name"] for c in cards if c.get("kind") != "ensemble" and c["default"]]
-    others = [c for c in cards if c.get("kind") != "ensemble"]
-    if not robust:
-        # nothing meets the limit: the default (and its ensemble) is the one model whose
-        # worst change is smallest; every card keeps its reason, the figures stay in
-        # "robustness", and the others stay available by name
-        best = least_sensitive({c["name"]: changes[c["name"]] for c in others})
-        LOG.warning("no model's changes stay below %.1f years; the default is the least "
-                    "sensitive one, %s", ROBUST_LIMIT, best)
-        for card in others:
-            if card["name"] == best:
-                card["default"] = True
-                card["robustness_warning"] = (
-                    card.pop("not_default_because")
-                    + "; no model passes the limit, and this one's worst change is the "
-                      "smallest, so it is the default")
-        robust = [best]
-    template = others[0]
-    cards[:] = others
-    if robust:
-        if held_out and all(n in held_out for n in robust):
-            rows, scored = split != "test", held_out
-        else:  # --skip-training: the cards keep no out-of-fold predictions
-            rows, scored = split == "val", predictions
-        weights = ensemble_weights({n: scored[n][rows] for n in robust}, ages[rows])
-        card = ensemble_card(weights, predictions, ages, split,
-                             {**template, "preprocessing": PREPROCESSING}, held_out)
-        card["robustness"] = {
-            "mean_abs_change_years_bound": {
-                v: round(sum(w * changes[m][v] for m, w in weights.items()), 3)
-                for v in changes[robust[0]]},
-            "note": "weighted sum of the members' changes, an upper bound of the ensemble's",
-            "limit_years": ROBUST_LIMIT,
-        }
+    cards = []
+    source = f"{args.folds}-fold cross-validation out-of-fold predictions on every image"
+    for member in members:
+        card = {"name": member.name, "kind": "forest" if member.name == "rf" else "ridge",
+                "file": save_member(member.name, final.models[member.name], model_dir),
+                "architecture": ARCHITECTURES[member.name](args),
+                "input": member_input(member.name, args), **common,
+                "preprocessing": preprocessing(member_input(member.name, args)),
+                "default": member.name in defaults,
+                "validation": validation_block(nested, member.name, final, args),
+                **calibration(final.oof[member.name], final.ages, source)}
+        add_external(card, external, member.name)
+        add_robustness(card, robustness, reasons)
         cards.append(card)
+    resnet_names = [n for n in names if n.startswith("resnet")]
+    if resnet_names:
+        cards.append(resnet_card(args, subjects, ages, groups, model_dir, common, cache,
+                                 external_subjects(args, work_dir)))
+    ensemble = ensemble_card(weights, final, ensemble_members, nested, common, args)
+    ensemble["reliability"] = reliability
+    add_external(ensemble, external, "ensemble")
+    add_robustness(ensemble, robustness, {})
+    cards.append(ensemble)
+    path = write_models(model_dir, cards)
+    log_table(cards)
+    LOG.info("wrote %s", path)
+    return 0
+
+
+def reliability_card(args, subjects, ages, groups, nested, cache) -> dict:
+    """Flag limits from the pool's held-out images (see ``models/reliability.py``)."""
+    from bids_brainage.models import reliability
+    from bids_brainage.training.crossval import group_folds
+    from bids_brainage.training.dataset import build_inputs
+
+    spec = FOREST_INPUTS["logquantile"]
+    x = build_inputs(subjects, spec, nprocs=args.nprocs, cache_dir=cache)
+    qc = build_inputs(subjects, {"feature": "qc"}, nprocs=args.nprocs, cache_dir=cache)
+    distances = reliability.held_out_distances(
+        x, group_folds(ages, groups, args.folds, args.random_seed))
+    spread = nested["spread"]
+    card = reliability.calibrate(
+        spreads=None if np.all(np.isnan(spread)) else spread.ravel(), distances=distances,
+        ages=ages, dice=qc[:, 0], volume_ratio=qc[:, 1],
+        distance_model={**reliability.fit_distance(x), "input": spec})
+    card["pool_held_out_rates"] = {
+        "members_disagree": (None if card["members_spread_limit"] is None else
+                             round(float(np.nanmean(spread > card["members_spread_limit"])), 4)),
+        "unlike_training": round(float(np.mean(distances > card["distance_limit"])), 4)}
+    return card
+
+
+def validation_block(nested: dict, name: str, final, args) -> dict:
+    from bids_brainage.training.crossval import coverage_by_decade
+
+    return {
+        "nested_cv": {**summarise(nested, name),
+                      "coverage_by_decade": coverage_by_decade(nested, name),
+                      "method": f"{args.repeats} repeats of {args.folds}-fold CV by participant, "
+                                f"stratified by age; inside each outer training part: every "
+                                f"hyper-parameter, the {args.folds}-fold inner CV that sets "
+                                f"ensemble weights, intervals and bias lines"},
+        "oof_all": metrics(final.ages, final.oof[name]),
+    }
+
+
+def ensemble_card(weights, final, members, nested, common, args) -> dict:
+    from bids_brainage.training.crossval import combine
+
+    oof = combine(weights, {m.name: final.oof[m.name] for m in members})
+    source = (f"the members' {args.folds}-fold cross-validation out-of-fold predictions on "
+              f"every image, weighted")
+    card = {"name": "ensemble", "kind": "ensemble", "members": weights, "intercept": 0.0,
+            "default": True,
+            "architecture": ("convex combination of the default models, weights (0.05 grid) "
+                             "minimising the MAE of their out-of-fold predictions"
+                             if len(weights) > 1 else
+                             f"the single default model {next(iter(weights))}"),
+            **{k: common[k] for k in ("version", "training", "versions", "date", "command",
+                                      "licence")},
+            "preprocessing": PREPROCESSING,
+            "validation": {"nested_cv": {**summarise(nested, "ensemble"),
+                                         "weights_per_outer_fold": nested["weights"]},
+                           "oof_all": metrics(final.ages, oof)},
+            **calibration(oof, final.ages, source)}
+    from bids_brainage.training.crossval import coverage_by_decade
+
+    card["validation"]["nested_cv"]["coverage_by_decade"] = coverage_by_decade(nested)
+    return card
+
+
+def resnet_card(args, subjects, ages, groups, model_dir, common, cache, ext) -> dict:
+    from bids_brainage.models import resnet3d
+    from bids_brainage.training.dataset import build_inputs
+
+    spec = resnet_spec(args, subjects, cache)
+    x = build_inputs(subjects, spec, nprocs=args.nprocs, cache_dir=cache)
+    net, card, oof = train_resnet_model(x, ages, groups, args, spec)
+    resnet3d.save_resnet(net, model_dir / f"{card['name']}.pt")
+    source = f"{args.folds}-fold cross-validation out-of-fold predictions on every image"
+    card.update(file=f"{card['name']}.pt", **common, preprocessing=preprocessing(spec),
+                default=False,
+                validation={"cv": {**metrics(ages, oof),
+                                   "method": f"one {args.folds}-fold CV by participant (not "
+                                             f"nested: no hyper-parameter is tuned)"}},
+                **calibration(oof, ages, source))
+    if ext is not None:
+        ext_subjects, ext_ages = ext
+        xe = build_inputs(ext_subjects, spec, nprocs=args.nprocs, cache_dir=cache)
+        predicted = resnet3d.predict_batch(net, xe, card["target_mean"], card["target_std"])
+        card["external"] = {"dataset": args.external.name, **metrics(ext_ages, predicted)}
+    card["not_default_because"] = ("nested CV is not run for it, and its predictions carry "
+                                   "the scanner's contrast (docs/models.md)")
+    return card
+
+
+def external_subjects(args, work_dir: Path):
+    """The external dataset's subjects with ages and derivatives, or None."""
+    if not args.external:
+        return None
+    from bids_brainage.bids.participants import read_participants
+    from bids_brainage.training.dataset import find_subjects
+
+    derivatives = args.external_derivatives or preprocess(args.external,
+                                                          work_dir / "external", args.nprocs)
+    subjects = find_subjects(derivatives, read_participants(args.external))
+    return subjects, np.array([s.age for s in subjects])
+
+
+def external_predictions(args, final, members, work_dir: Path) -> dict | None:
+    """The final models' predictions on the external dataset (never used to fit)."""
+    from bids_brainage.training.dataset import build_inputs
+
+    ext = external_subjects(args, work_dir)
+    if ext is None:
+        return None
+    subjects, ages = ext
+    predictions = {m.name: np.asarray(final.models[m.name].predict(
+        build_inputs(subjects, member_input(m.name, args), nprocs=args.nprocs,
+                     cache_dir=work_dir / "inputs")), float) for m in members}
+    return {"subjects": [s.participant_id for s in subjects], "ages": ages,
+            "predictions": predictions}
+
+
+def add_external(card: dict, external: dict | None, name: str) -> None:
+    if external is None:
+        return
+    preds = external["predictions"]
+    if name == "ensemble":
+        predicted = sum(w * preds[m] for m, w in card["members"].items())
+    else:
+        predicted = preds[name]
+    card["external"] = {"dataset": "external validation (never used to fit or choose)",
+                        **metrics(external["ages"], predicted)}
+
+
+def add_robustness(card: dict, robustness: dict, reasons: dict) -> None:
+    if not robustness:
+        return
+    name = card["name"]
+    card["robustness"] = {"mean_abs_change_years": robustness["mean"].get(name, {}),
+                          "worst_abs_change_years": robustness["worst"].get(name, {}),
+                          **robustness["about"]}
+    if reasons.get(name):
+        card["default"] = False
+        card["not_default_because"] = reasons[name]
+
+
+def log_table(cards: list[dict]) -> None:
+    for card in cards:
+        v = card["validation"].get("nested_cv") or card["validation"].get("cv", {})
+        ext = card.get("external", {})
+        LOG.info("%-10s nested-CV MAE %.2f (sd %.2f) r %.3f | external MAE %s gap %s | "
+                 "interval ±%.1f", card["name"], v.get("mae", float("nan")),
+                 v.get("mae_sd", float("nan")), v.get("r", float("nan")),
+                 ext.get("mae", "-"), ext.get("mean_gap", "-"),
+                 v.get("mean_halfwidth", float("nan")))

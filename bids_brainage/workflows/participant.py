@@ -30,14 +30,15 @@ def init_preproc_wf(*, settings, name: str = "preproc_wf") -> pe.Workflow:
     """Conform → skull strip → largest component → N4 → MNI registration → normalisation.
 
     inputnode: ``t1w``. outputnode: ``mask``, ``t1w_preproc`` (N4, native), ``mni`` (brain,
-    2 mm MNI grid, not normalised), ``mni_mask``, ``mni_norm``, ``normalization_json``,
+    2 mm MNI grid, not normalised), ``mni_mask``, ``mni_affine`` / ``mni_affine_mask`` (the
+    same through the affine alone: the models' input), ``mni_norm``, ``normalization_json``,
     ``affine_file``, ``warp_file``, ``skull_strip_method``, and each stage's ``*_seconds``.
     """
     workflow = pe.Workflow(name=name)
     threads = settings.omp_nthreads
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
-    fields = ["mask", "t1w_preproc", "mni", "mni_mask", "mni_norm", "normalization_json",
-              "affine_file", "warp_file", "skull_strip_method"]
+    fields = ["mask", "t1w_preproc", "mni", "mni_mask", "mni_affine", "mni_affine_mask",
+              "mni_norm", "normalization_json", "affine_file", "warp_file", "skull_strip_method"]
     outputnode = pe.Node(
         niu.IdentityInterface(fields=fields + [f"{s}_seconds" for s in STAGES[:-1]]),
         name="outputnode",
@@ -68,6 +69,8 @@ def init_preproc_wf(*, settings, name: str = "preproc_wf") -> pe.Workflow:
         (conform, outputnode, [("seconds", "conform_seconds")]),
         (n4, outputnode, [("out_file", "t1w_preproc"), ("seconds", "n4_seconds")]),
         (register, outputnode, [("mni", "mni"), ("mni_mask", "mni_mask"),
+                                ("mni_affine", "mni_affine"),
+                                ("mni_affine_mask", "mni_affine_mask"),
                                 ("affine_file", "affine_file"), ("warp_file", "warp_file"),
                                 ("seconds", "register_seconds")]),
         (normalize, outputnode, [("out_file", "mni_norm"), ("out_json", "normalization_json"),
@@ -112,11 +115,13 @@ def init_image_wf(*, image, settings, age, predict: bool = True, name: str) -> p
         predictor = pe.Node(Predict(
             model_dir=str(settings.model_dir or ""), models=list(settings.models),
             cards_sha256=cards_sha256(settings.model_dir),
-            threads=settings.omp_nthreads,
+            threads=settings.omp_nthreads, age=age,
         ), name="predict", mem_gb=1.0, n_procs=settings.omp_nthreads)
         workflow.connect([
-            (preproc_wf, predictor, [("outputnode.mni", "mni"),
-                                     ("outputnode.mni_mask", "mni_mask")]),
+            # every model was trained on affinely registered brains: with --registration
+            # syn they still get the affine image, not the SyN-warped one
+            (preproc_wf, predictor, [("outputnode.mni_affine", "mni"),
+                                     ("outputnode.mni_affine_mask", "mni_mask")]),
             (predictor, sink, [("out_json", "predictions_json")]),
             (predictor, timings, [("seconds", "predict")]),
         ])

@@ -1,0 +1,205 @@
+"""Tissue features: grey- and white-matter maps, warped to the template and modulated.
+
+brainageR's idea (Cole et al. 2018) on our 2 mm MNI grid. Intensities depend on the scanner,
+its contrast and on how much CSF a site's skull strip keeps; the amount of grey and white matter
+at each place of the brain does not. So:
+
+1. **Segment** the affine-aligned brain into CSF, GM and WM: a three-class Gaussian mixture
+   of the *log* intensities with the template's tissue maps as spatial priors (the EM of
+   unified segmentation, without its bias and warp terms: N4 ran before). Log intensities make
+   a scale change a shift and a gamma change a scaling, which the class means and variances
+   absorb. Voxels outside the brain mask, or zero inside it (holes a tight strip filled), count
+   as neither GM nor WM, so a strip that drops the sulcal CSF leaves the maps as they were.
+2. **Warp** the tissue composite (GM + 2 WM) to the template's (antspyx SyN, mean squares,
+   single-threaded and seeded) at :data:`WARP_MM`.
+3. **Modulate**: the warped GM and WM fractions times the Jacobian determinant of the warp
+   (tissue volume per template voxel, as VBM's "modulated" maps), smoothed and read inside the
+   template brain at :data:`FEATURE_MM`, next to the log-Jacobian itself.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+
+import numpy as np
+
+from bids_brainage.features.morphometry import block_mean
+from bids_brainage.preproc.template import GM_PROB, WM_PROB, template_2mm, template_mask
+
+CLASSES = ("CSF", "GM", "WM")
+WARP_MM = 4
+FEATURE_MM = 4
+SMOOTH_FWHM_MM = 8.0
+SYN_ITERATIONS = (60, 30, 15)
+EM_ITERATIONS = 20
+PRIOR_FLOOR = 0.05  # affine alignment is loose: no class is ever ruled out at a voxel
+
+
+def _to_2mm(path) -> np.ndarray:
+    import nibabel as nib
+
+    data = np.asarray(nib.load(str(path)).dataobj, np.float32) / 255.0
+    return _block_to_grid(data)
+
+
+def _block_to_grid(data: np.ndarray) -> np.ndarray:
+    """A 1 mm template-grid array block-averaged onto the 2 mm grid (as ``template_2mm``)."""
+    shape = template_2mm().shape
+    padded = np.zeros([s * 2 for s in shape], np.float32)
+    padded[: data.shape[0], : data.shape[1], : data.shape[2]] = data
+    return padded.reshape(shape[0], 2, shape[1], 2, shape[2], 2).mean(axis=(1, 3, 5))
+
+
+@functools.lru_cache(maxsize=None)
+def tissue_priors() -> np.ndarray:
+    """CSF, GM and WM priors on the 2 mm grid, shape (3, x, y, z), summing to one.
+
+    GM and WM are the template's probability maps; CSF is the rest of the template's brain
+    mask plus everything outside it (dark voxels a subject's mask may still hold), smoothed by
+    one voxel and floored at :data:`PRIOR_FLOOR`.
+    """
+    from scipy import ndimage
+
+    gm, wm = _to_2mm(GM_PROB), _to_2mm(WM_PROB)
+    gm, wm = (ndimage.gaussian_filter(p, 1.0) for p in (gm, wm))
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
+    priors = np.stack([csf, gm, wm]) + PRIOR_FLOOR
+    return (priors / priors.sum(axis=0, keepdims=True)).astype(np.float32)
+
+
+def segment(mni: np.ndarray, mask: np.ndarray, priors: np.ndarray | None = None,
+            iterations: int = EM_ITERATIONS, fractions: bool = False) -> tuple[np.ndarray, dict]:
+    """Posterior CSF, GM and WM probabilities of each brain voxel, shape (3, x, y, z).
+
+    A Gaussian mixture of log intensities whose class weights at each voxel are the spatial
+    priors times a global mixing proportion (EM). Zero outside ``mask`` and at non-positive
+    voxels. The same for ``c * mni ** g`` (any scale and gamma) up to float error.
+
+    >>> rng = np.random.default_rng(0)
+    >>> truth = rng.integers(0, 3, (6, 6, 6))
+    >>> img = np.choose(truth, [0.3, 0.7, 1.0]) * np.exp(rng.normal(0, 0.03, truth.shape))
+    >>> flat = np.full((3,) + truth.shape, 1 / 3, np.float32)
+    >>> post, info = segment(img, np.ones(truth.shape, bool), flat)
+    >>> float((post.argmax(0) == truth).mean())
+    1.0
+    >>> post2, _ = segment(10 * img ** 0.8, np.ones(truth.shape, bool), flat)
+    >>> bool(np.abs(post2 - post).max() < 1e-3)
+    True
+    """
+    priors = tissue_priors() if priors is None else priors
+    positive = np.asarray(mask, bool) & (np.asarray(mni) > 0)
+    out = np.zeros((len(CLASSES),) + mni.shape, np.float32)
+    if positive.sum() < 10:
+        return out, {"means": None}
+    y = np.log(np.asarray(mni, np.float64)[positive])
+    spatial = priors[:, positive].astype(np.float64)
+    # start from dark / middle / bright quantiles, so flat priors still separate the classes
+    mean = np.quantile(y, [0.1, 0.5, 0.9])
+    var = np.full(3, np.var(y) / 9 + 1e-8)
+    post = _posteriors(y, spatial, mean, var, np.full(3, 1 / 3))
+    for _ in range(iterations):
+        weight = post.sum(axis=1) + 1e-12
+        mean = (post * y).sum(axis=1) / weight
+        var = (post * (y - mean[:, None]) ** 2).sum(axis=1) / weight + 1e-8
+        post = _posteriors(y, spatial, mean, var, weight / weight.sum())
+    if fractions:
+        post = _partial_volumes(y, mean)
+    out[:, positive] = post
+    spread = float(np.exp(mean[2] - mean[0])) if mean[2] > mean[0] else float("nan")
+    return out, {"means": dict(zip(CLASSES, np.exp(mean).round(6).tolist())),
+                 "wm_csf_ratio": round(spread, 4),
+                 "ordered": bool(mean[0] < mean[1] < mean[2])}
+
+
+def _partial_volumes(y, mean) -> np.ndarray:
+    """Tissue fractions of each voxel by linear unmixing between the class means (of log
+    intensities): a voxel halfway between the GM and WM means is half of each. Unlike the
+    posteriors, they do not depend on the classes' widths (noise, resolution) and stay the
+    same under any change of contrast that is linear between the class means.
+
+    >>> _partial_volumes(np.array([0.0, 1.5, 2.5, 9.0]), np.array([1.0, 2.0, 3.0])).round(2).T.tolist()
+    [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 1.0]]
+    """
+    csf, gm, wm = mean
+    lower = np.clip((y - csf) / (gm - csf), 0, 1)   # GM share between CSF and GM
+    upper = np.clip((y - gm) / (wm - gm), 0, 1)     # WM share between GM and WM
+    below = y < gm
+    out = np.empty((3, y.size))
+    out[0] = np.where(below, 1 - lower, 0)
+    out[1] = np.where(below, lower, 1 - upper)
+    out[2] = np.where(below, 0, upper)
+    return out
+
+
+def _posteriors(y, spatial, mean, var, mix) -> np.ndarray:
+    """E-step: class probabilities of each voxel (spatial prior × mixing × likelihood)."""
+    loglik = -0.5 * (y - mean[:, None]) ** 2 / var[:, None] - 0.5 * np.log(var)[:, None]
+    loglik -= loglik.max(axis=0)
+    post = spatial * mix[:, None] * np.exp(loglik)
+    return post / (post.sum(axis=0) + 1e-300)
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed():
+    """The template's tissue composite at :data:`WARP_MM` and the feature mask (the template
+    brain at :data:`FEATURE_MM`). The template is segmented exactly as a subject is, so a
+    subject identical to it is warped by the identity."""
+    tpl = template_2mm()
+    brain = template_mask(tpl)
+    post, _ = segment(tpl.get_fdata(dtype=np.float32), brain)
+    composite = block_mean(post[1] + 2 * post[2], WARP_MM // 2)
+    feature_mask = block_mean(brain.astype(np.float32), FEATURE_MM // 2) > 0.5
+    return composite, feature_mask
+
+
+def _ants_image(data: np.ndarray, voxel_mm: float):
+    import ants
+
+    origin = template_2mm().affine[:3, 3]
+    return ants.from_numpy(np.ascontiguousarray(data, np.float32), origin=tuple(origin),
+                           spacing=(float(voxel_mm),) * 3)
+
+
+def warp_tissue(post: np.ndarray, seed: int = 20240) -> dict:
+    """Warp GM and WM posteriors to the template: modulated maps and the log-Jacobian, all at
+    :data:`WARP_MM` on the template grid."""
+    import ants
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    ants.config._random_seed = seed
+    f = WARP_MM // 2
+    gm, wm = block_mean(post[1], f), block_mean(post[2], f)
+    fixed_data, _ = _fixed()
+    fixed = _ants_image(fixed_data, WARP_MM)
+    moving = _ants_image(gm + 2 * wm, WARP_MM)
+    with tempfile.TemporaryDirectory(prefix="bids_brainage_tissue_") as tmp:
+        reg = ants.registration(
+            fixed=fixed, moving=moving, type_of_transform="SyNOnly",
+            initial_transform="identity", syn_metric="meansquares", syn_sampling=32,
+            reg_iterations=SYN_ITERATIONS, outprefix=os.path.join(tmp, "syn_"), verbose=False,
+        )
+        warp = [p for p in reg["fwdtransforms"] if p.endswith(".nii.gz")][0]
+        logjac = ants.create_jacobian_determinant_image(fixed, warp, do_log=True).numpy()
+        warped = [ants.apply_transforms(fixed=fixed, moving=_ants_image(m, WARP_MM),
+                                        transformlist=[warp], interpolator="linear").numpy()
+                  for m in (gm, wm)]
+    jac = np.exp(logjac)
+    return {"gm": warped[0] * jac, "wm": warped[1] * jac, "logjac": logjac.astype(np.float32),
+            "fixed": fixed_data}
+
+
+def tissue_features(mni: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The ``tissue`` model's input: modulated GM, modulated WM and the log-Jacobian, smoothed
+    by :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`."""
+    from scipy import ndimage
+
+    post, _ = segment(mni, mask)
+    maps = warp_tissue(post)
+    _, feature_mask = _fixed()
+    sigma = SMOOTH_FWHM_MM / (2 * np.sqrt(2 * np.log(2))) / WARP_MM
+    parts = []
+    for key in ("gm", "wm", "logjac"):
+        smooth = ndimage.gaussian_filter(maps[key], sigma)
+        parts.append(block_mean(smooth, FEATURE_MM // WARP_MM)[feature_mask])
+    return np.concatenate(parts).astype(np.float64)

@@ -1,0 +1,159 @@
+"""How far to trust one prediction: the reasons to flag it, each with a measured threshold.
+
+An image is flagged (the ``flag`` column of ``_brainage.tsv``: ``ok`` or the reasons joined
+by ``;``) when
+
+- ``members_disagree``: the default members' predictions spread (sd) more than the pool's
+  held-out images do (the limit is a high percentile of the spread in nested CV);
+- ``unlike_training``: its forest input (log-intensity histogram and tissue fractions: what
+  a scanner, a contrast or a strip changes first) is far from the training images'
+  (Mahalanobis distance in their principal components plus what those leave out; the limit
+  is a high percentile of held-out pool images' distances);
+- ``age_outside_training``: the predicted age (or the known age) lies outside the training
+  ages;
+- ``poor_registration``: its MNI brain mask overlaps the template's less than any pool
+  image's did;
+- ``poor_skull_strip``: its MNI brain mask is smaller or larger, relative to the template's,
+  than the pool's range (a strip that cut brain, or kept skull and dura).
+
+The limits live in the ensemble card's ``reliability`` block, written by training.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+REASONS = ("members_disagree", "unlike_training", "age_outside_training",
+           "poor_registration", "poor_skull_strip")
+FLAG_PERCENTILE = 97.5  # held-out pool images above it are flagged: ~2.5 % per reason
+PCA_COMPONENTS = 10
+
+
+# ------------------------------------------------------------------------------ distances
+def fit_distance(x: np.ndarray, components: int = PCA_COMPONENTS) -> dict:
+    """The training images' feature distribution: mean, scale, principal axes, variances and
+    the typical squared residual outside them (all JSON-ready)."""
+    x = np.asarray(x, float)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    z = (x - mean) / scale
+    _, s, vt = np.linalg.svd(z, full_matrices=False)
+    k = min(components, len(s) - 1)
+    variances = s[:k] ** 2 / (len(x) - 1)
+    residual = z - (z @ vt[:k].T) @ vt[:k]
+    return {"mean": mean.round(6).tolist(), "scale": scale.round(6).tolist(),
+            "components": vt[:k].round(6).tolist(), "variances": variances.round(6).tolist(),
+            "residual": float(np.mean(np.sum(residual ** 2, axis=1)))}
+
+
+def distance(model: dict, x: np.ndarray) -> np.ndarray:
+    """A normalised distance of each row of ``x`` from the training images: the root mean of
+    the squared Mahalanobis distance in the principal axes and the squared residual outside
+    them relative to the training images' (about 1 for a typical training image).
+
+    >>> rng = np.random.default_rng(0)
+    >>> train = rng.normal(0, 1, (200, 5))
+    >>> model = fit_distance(train, 2)
+    >>> near, far = distance(model, np.zeros((1, 5))), distance(model, np.full((1, 5), 6.0))
+    >>> bool(near[0] < 1 < far[0])
+    True
+    """
+    x = np.atleast_2d(np.asarray(x, float))
+    z = (x - np.asarray(model["mean"])) / np.asarray(model["scale"])
+    v = np.asarray(model["components"])
+    scores = z @ v.T
+    inside = np.sum(scores ** 2 / np.asarray(model["variances"]), axis=1)
+    outside = np.sum((z - scores @ v) ** 2, axis=1) / max(model["residual"], 1e-12)
+    return np.sqrt((inside + outside) / (len(model["variances"]) + 1))
+
+
+def held_out_distances(x: np.ndarray, folds) -> np.ndarray:
+    """Each image's distance from a model fitted without its fold (the calibration of the
+    limit: the pool's own images as the app will see new ones)."""
+    out = np.full(len(x), np.nan)
+    for fold in folds:
+        rest = np.setdiff1d(np.arange(len(x)), fold)
+        out[fold] = distance(fit_distance(x[rest]), x[fold])
+    return out
+
+
+# ------------------------------------------------------------------------------ QC measures
+def mask_measures(mni_mask: np.ndarray) -> dict:
+    """Registration overlap (Dice with the template's brain mask) and the mask's volume
+    relative to the template's, on the 2 mm MNI grid."""
+    from bids_brainage.preproc.template import template_2mm, template_mask
+
+    mask = np.asarray(mni_mask, bool)
+    tpl = template_mask(template_2mm())
+    total = mask.sum() + tpl.sum()
+    return {"registration_dice": round(float(2 * (mask & tpl).sum() / total) if total else 0.0, 4),
+            "mask_volume_ratio": round(float(mask.sum() / tpl.sum()), 4)}
+
+
+def calibrate(*, spreads, distances, ages, dice, volume_ratio, distance_model) -> dict:
+    """The ensemble card's ``reliability`` block from the pool's held-out measurements."""
+    def pct(values, q):
+        values = np.asarray(values, float)
+        return round(float(np.nanpercentile(values, q)), 4)
+
+    return {
+        "percentile": FLAG_PERCENTILE,
+        "members_spread_limit": pct(spreads, FLAG_PERCENTILE) if spreads is not None else None,
+        "distance_limit": pct(distances, FLAG_PERCENTILE),
+        "distance_model": distance_model,
+        "age_range": [round(float(np.min(ages)), 2), round(float(np.max(ages)), 2)],
+        # QC limits: outside the whole pool's range (every pool image passes)
+        "registration_dice_min": round(float(np.min(dice)), 4),
+        "mask_volume_ratio_range": [round(float(np.min(volume_ratio)), 4),
+                                    round(float(np.max(volume_ratio)), 4)],
+        "note": "limits from held-out pool images (nested CV) and the pool's QC range",
+    }
+
+
+def assess(card: dict | None, *, spread, features, predicted, age, measures) -> dict:
+    """The reasons to flag one image's predictions and the quantities behind them.
+
+    ``card`` is the ensemble card's ``reliability`` block (None: nothing can be said, and
+    the result says so). ``predicted`` maps model name to age.
+
+    >>> rel = {"members_spread_limit": 5.0, "distance_limit": 2.0, "age_range": [20, 80],
+    ...        "registration_dice_min": 0.8, "mask_volume_ratio_range": [0.9, 1.1],
+    ...        "distance_model": None}
+    >>> out = assess(rel, spread=7.0, features=None, predicted={"ensemble": 85.0}, age=None,
+    ...              measures={"registration_dice": 0.9, "mask_volume_ratio": 1.0})
+    >>> out["reasons"]
+    ['members_disagree', 'age_outside_training']
+    """
+    if not card:
+        return {"reasons": [], "quantities": {}, "calibrated": False}
+    reasons, q = [], dict(measures)
+    if spread is not None and card.get("members_spread_limit") is not None:
+        q["members_spread"] = round(float(spread), 3)
+        q["members_spread_limit"] = card["members_spread_limit"]
+        if spread > card["members_spread_limit"]:
+            reasons.append("members_disagree")
+    if features is not None and card.get("distance_model"):
+        d = float(distance(card["distance_model"], features)[0])
+        q["training_distance"] = round(d, 3)
+        q["training_distance_limit"] = card["distance_limit"]
+        if d > card["distance_limit"]:
+            reasons.append("unlike_training")
+    low, high = card["age_range"]
+    outside = [n for n, a in predicted.items() if not low <= a <= high]
+    if age is not None and not low <= age <= high:
+        outside.append("age")
+    q["training_age_range"] = [low, high]
+    if outside:
+        q["outside_training_ages"] = outside
+        reasons.append("age_outside_training")
+    if measures["registration_dice"] < card["registration_dice_min"]:
+        reasons.append("poor_registration")
+    vlow, vhigh = card["mask_volume_ratio_range"]
+    if not vlow <= measures["mask_volume_ratio"] <= vhigh:
+        reasons.append("poor_skull_strip")
+    q["registration_dice_min"] = card["registration_dice_min"]
+    q["mask_volume_ratio_range"] = card["mask_volume_ratio_range"]
+    return {"reasons": reasons, "quantities": q, "calibrated": True}
+
+
+def flag_text(reasons) -> str:
+    """``ok`` or the reasons joined by ``;`` (the TSV's ``flag`` column)."""
+    return ";".join(reasons) if reasons else "ok"

@@ -1,0 +1,86 @@
+"""Tissue features: segmentation, warp and modulation (bids_brainage.features.tissue)."""
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+from bids_brainage.features import tissue
+from bids_brainage.preproc.template import template_2mm, template_mask
+
+
+def test_doctests():
+    assert doctest.testmod(tissue).failed == 0
+
+
+def _template_brain():
+    """The template on the 2 mm grid as if it were a subject: brain and mask."""
+    tpl = template_2mm()
+    return tpl.get_fdata(dtype=np.float32), template_mask(tpl)
+
+
+def test_priors_sum_to_one_and_favour_the_right_class():
+    priors = tissue.tissue_priors()
+    assert np.allclose(priors.sum(axis=0), 1.0, atol=1e-5)
+    data, mask = _template_brain()
+    # the template's brightest brain voxels are white matter, its darkest inside the brain CSF
+    bright = mask & (data > np.percentile(data[mask], 95))
+    assert priors[2][bright].mean() > 0.6
+    assert priors[1][mask].sum() > priors[0][mask].sum()
+
+
+def test_segmentation_of_the_template_matches_its_priors():
+    data, mask = _template_brain()
+    post, info = tissue.segment(data, mask)
+    assert info["ordered"]
+    priors = tissue.tissue_priors()
+    for k in (1, 2):  # GM, WM: the template's own maps are the best reference we ship
+        a, b = post[k][mask], priors[k][mask]
+        assert np.corrcoef(a, b)[0, 1] > 0.8
+
+
+def test_segmentation_ignores_scale_and_gamma():
+    data, mask = _template_brain()
+    post, _ = tissue.segment(data, mask)
+    changed, _ = tissue.segment(10 * data ** 0.8, mask)
+    assert np.abs(changed - post).max() < 1e-3
+
+
+def test_tight_strip_leaves_grey_and_white_matter():
+    """Removing the dark voxels (sulcal CSF, ventricles) from the mask keeps GM and WM."""
+    data, mask = _template_brain()
+    post, _ = tissue.segment(data, mask)
+    csf_like = post[0] > 0.5
+    tight, _ = tissue.segment(np.where(csf_like, 0, data), mask & ~csf_like)
+    inside = mask & ~csf_like
+    for k in (1, 2):
+        assert np.abs(tight[k][inside] - post[k][inside]).mean() < 0.05
+
+
+@pytest.mark.slow
+def test_template_warped_to_itself_has_no_volume_change():
+    data, mask = _template_brain()
+    post, _ = tissue.segment(data, mask)
+    maps = tissue.warp_tissue(post)
+    _, feature_mask = tissue._fixed()
+    assert np.abs(maps["logjac"][feature_mask]).mean() < 0.05
+
+
+@pytest.mark.slow
+def test_a_shrunken_brain_has_negative_log_jacobians():
+    """A brain 8 % smaller than the template needs the template shrunk: log-Jacobian < 0
+    (warp of the template onto the subject: volume of subject per template volume)."""
+    from scipy import ndimage
+
+    data, mask = _template_brain()
+    centre = np.array(data.shape) / 2
+    zoom = 1 / 0.92  # sample the template further out: the brain looks 8 % smaller
+    matrix = np.eye(3) * zoom
+    offset = centre - matrix @ centre
+    small = ndimage.affine_transform(data, matrix, offset, order=1)
+    small_mask = ndimage.affine_transform(mask.astype(np.float32), matrix, offset, order=0) > 0.5
+    post, _ = tissue.segment(small, small_mask)
+    maps = tissue.warp_tissue(post)
+    _, feature_mask = tissue._fixed()
+    assert maps["logjac"][feature_mask].mean() < -0.05

@@ -250,3 +250,34 @@ def test_group_report_in_chromium(browser, tmp_path):
     _assert_clean(result, n_images=3)
     assert "registration diverged" in result["text"]
     assert "sub-IXI500" in result["text"]  # outside the training ages: flagged, not hidden
+
+
+@pytest.mark.slow
+def test_flagged_image_with_its_contribution_map_in_chromium(browser, example_run, tmp_path):
+    """A real participant run whose model card's limits flag the image (the distance limit
+    set to 0: every image is 'unlike training'): the report shows the reasons, the interval
+    caveat and the contribution map, in a real browser, with no console error."""
+    import shutil
+
+    from bids_brainage.cli.run import main as app
+    from bids_brainage.models.registry import BUNDLED_DIR
+
+    _, _, work = example_run
+    models = tmp_path / "models"
+    shutil.copytree(BUNDLED_DIR, models)
+    registry = json.loads((models / "models.json").read_text())
+    for card in registry["models"]:
+        if card["name"] == "ensemble":
+            card["reliability"]["distance_limit"] = 0.0
+    (models / "models.json").write_text(json.dumps(registry))
+    out = tmp_path / "out"
+    assert app([str(data.EXAMPLE), str(out), "participant", "-w", str(work), "--nprocs", "2",
+                "--participant-label", "IXI095", "--model-dir", str(models)]) == 0
+    tsv = (out / "sub-IXI095/anat/sub-IXI095_brainage.tsv").read_text()
+    assert "unlike_training" in tsv
+    assert (out / "sub-IXI095/anat/sub-IXI095_space-MNI152NLin2009aSym_desc-contrib_brainage"
+                  ".nii.gz").exists()
+    result = open_report(browser, out / "sub-IXI095.html", _shot_path(tmp_path, "flagged.png"))
+    _assert_clean(result, n_images=5)  # mask, registration, histogram, predictions, map
+    assert "Flagged: unlike_training" in result["text"]
+    assert "Why this age" in result["text"] and "older-looking" in result["text"]

@@ -16,9 +16,10 @@ from conftest import EXAMPLE
 pytestmark = pytest.mark.slow
 SUBSET = ["IXI012", "IXI015", "IXI034", "IXI039", "IXI052", "IXI056", "IXI057", "IXI079",
           "IXI092", "IXI093", "IXI127", "IXI130"]
-TINY = ["--models", "rf,resnet34,morph", "--rf-trees", "50", "--folds", "3", "--resnet-depth",
-        "10", "--resnet-width", "4", "--resnet-epochs", "2", "--resnet-batch-size", "4",
-        "--resnet-normalization", "quantile", "--nprocs", "2"]
+TINY = ["--models", "rf,tissue,resnet34,morph", "--defaults", "rf,tissue", "--rf-trees", "50",
+        "--folds", "3", "--repeats", "2", "--resnet-depth", "10", "--resnet-width", "4",
+        "--resnet-epochs", "2", "--resnet-batch-size", "4", "--resnet-normalization",
+        "quantile", "--nprocs", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -42,32 +43,36 @@ def trained(ixi_pool, tmp_path_factory):
 
 def test_training_writes_a_model_card_with_metrics(trained):
     cards = load_cards(trained[0])
-    assert set(cards) == {"rf", "resnet10", "morph", "ensemble"}
+    assert set(cards) == {"rf", "tissue", "resnet10", "morph", "ensemble"}
     for card in cards.values():
+        # every model is fitted on every participant; figures from repeated nested CV
         assert card["training"]["n"] == len(SUBSET)
-        assert card["training"]["split_seed"] == 20240
-        assert {"val", "test"} <= set(card["validation"])
-        assert card["interval"]["halfwidth"] > 0
+        assert card["training"]["fitted_on"] == "every labelled participant"
+        assert card["interval"]["q"] > 0 and card["interval"]["level"] == 0.9
         assert "slope" in card["bias_correction"]
-    assert cards["rf"]["validation"]["cv"]["n"] > 0
-    assert sorted(cards["ensemble"]["members"]) == ["morph", "resnet10", "rf"]
-    # the ResNet's contrast-free input carries its reference quantiles, learnt on train
+        assert f"(n={len(SUBSET)})" in card["bias_correction"]["fitted_on"]
+    for name in ("rf", "tissue", "morph", "ensemble"):
+        nested = cards[name]["validation"]["nested_cv"]
+        assert nested["n"] == len(SUBSET) and nested["repeats"] == 2
+        assert nested["mae"] > 0 and "mae_sd" in nested and 0 <= nested["coverage"] <= 1
+    assert cards["resnet10"]["validation"]["cv"]["n"] == len(SUBSET)
+    assert cards["resnet10"]["default"] is False and cards["morph"]["default"] is False
+    assert cards["rf"]["default"] and cards["tissue"]["default"]
+    # the ensemble combines the defaults only, and carries the reliability limits
+    assert sorted(cards["ensemble"]["members"]) == ["rf", "tissue"]
+    assert sum(cards["ensemble"]["members"].values()) == pytest.approx(1.0)
+    reliability = cards["ensemble"]["reliability"]
+    assert reliability["distance_limit"] > 0 and reliability["registration_dice_min"] > 0.5
+    assert len(reliability["distance_model"]["components"]) >= 1
+    # the ResNet's contrast-free input carries its reference quantiles, learnt on the pool
     reference = cards["resnet10"]["input"]["reference"]
     assert cards["resnet10"]["input"]["normalization"] == "quantile" and len(reference) == 101
     assert reference == sorted(reference) and 0.3 < reference[50] < 1.1
-    assert cards["morph"]["kind"] == "ridge" and cards["morph"]["validation"]["cv"]["n"] > 0
-    # every model, the ResNet too, is cross-validated on train+val, and every interval and
-    # bias line (the ensemble's too) comes from those out-of-fold predictions
-    n_dev = cards["rf"]["training"]["n_train"] + cards["rf"]["training"]["n_val"]
-    for card in cards.values():
-        assert f"out-of-fold |residuals| (n={n_dev})" in card["interval"]["method"]
-        assert f"(n={n_dev})" in card["bias_correction"]["fitted_on"]
-    assert cards["resnet10"]["validation"]["cv"]["n"] == n_dev
-    assert sum(cards["ensemble"]["members"].values()) == pytest.approx(1.0)
     # the default forest reads the contrast-free log histogram and the tissue fractions
     assert cards["rf"]["input"]["normalization"] == "logquantile"
     assert cards["rf"]["input"]["feature"] == "histogram+tissue"
     assert cards["rf"]["preprocessing"].endswith("log intensities (10th percentile = 0, 90th = 1)")
+    assert cards["tissue"]["input"] == {"feature": "tissue"}
 
 
 def test_same_seed_gives_identical_models(trained):
@@ -75,6 +80,7 @@ def test_same_seed_gives_identical_models(trained):
             for d in trained[1:])
     assert a["rf"]["sha256"] == b["rf"]["sha256"]
     assert a["morph"]["sha256"] == b["morph"]["sha256"]
+    assert a["tissue"]["sha256"] == b["tissue"]["sha256"]
     assert a["ensemble"]["members"].keys() == b["ensemble"]["members"].keys()
     # the weight files, not only the weights: torch.save once named the zip's folder after
     # the random temporary file, so equal weights gave different sha256s
@@ -95,14 +101,19 @@ def test_trained_directory_predicts_on_the_example(trained, example_run, tmp_pat
         return {r.split("\t")[3]: r.split("\t") for r in rows[1:]}
 
     rows = run(tmp_path / "out")
-    assert list(rows) == ["rf", "morph", "resnet10", "ensemble"]
+    assert list(rows) == ["rf", "tissue", "morph", "resnet10", "ensemble"]
+    # one image, one flag on every row: ok or known reasons
+    from bids_brainage.models.reliability import REASONS
+
+    flags = {r[10] for r in rows.values()}
+    assert len(flags) == 1 and set(flags.pop().split(";")) <= {"ok", *REASONS}
     # models retrained into the same directory, run with the same work directory: the
     # prediction must come from the new cards, not from nipype's cache of the old ones
     # (it did: the robustness runs of the training command once reported stale figures)
     registry = json.loads((models / "models.json").read_text())
     for card in registry["models"]:
         if card["name"] == "rf":
-            card["interval"]["halfwidth"] = 1.25
+            card["interval"] = {"halfwidth": 1.25, "level": 0.9}
     (models / "models.json").write_text(json.dumps(registry))
     rf = run(tmp_path / "out2")["rf"]
     assert float(rf[6]) - float(rf[5]) == pytest.approx(2.5, abs=0.01)
@@ -129,7 +140,7 @@ def test_doctests():
 
 
 def test_ensemble_weights_minimise_held_out_mae():
-    from bids_brainage.training.train import ensemble_weights
+    from bids_brainage.training.crossval import ensemble_weights
 
     rng = np.random.default_rng(0)
     age = rng.uniform(20, 80, 200)

@@ -21,7 +21,8 @@ TSV_COLUMNS = (
     "interval_high", "age", "brain_age_gap", "status", "flag", "message",
 )
 # transforms are not in the BIDS schema yet (BEP014): listed here like other apps do
-BIDSIGNORE = "*_xfm.*\n*_brainage.tsv\n*_brainage.json\n*.html\nlogs/\ngroup_brainage.*\n"
+BIDSIGNORE = ("*_xfm.*\n*_brainage.tsv\n*_brainage.json\n*_brainage.nii.gz\n*.html\nlogs/\n"
+              "group_brainage.*\n")
 
 
 def format_value(value) -> str:
@@ -44,6 +45,8 @@ Per T1w image (sub-<label>/[ses-<label>/]anat/):
   *_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz   normalised brain, MNI 2 mm grid
   *_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz    brain mask, MNI 2 mm grid
   *_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat  ITK affine, T1w -> MNI
+  *_space-MNI152NLin2009aSym_desc-contrib_brainage.nii.gz  why this age: each voxel's
+                                  contribution to the predicted age (years), MNI 2 mm
   *_brainage.tsv / .json          predicted age per model, interval, gap, status, flag
                                   (ok, or the reasons to doubt it); provenance and the
                                   quantities behind the flag
@@ -66,6 +69,7 @@ def output_names(prefix: str) -> dict[str, str]:
         "mni_mask": f"{prefix}_space-{SPACE}_desc-brain_mask.nii.gz",
         "affine": f"{xfm}_xfm.mat",
         "warp": f"{xfm}_desc-warp_xfm.nii.gz",
+        "contrib": f"{prefix}_space-{SPACE}_desc-contrib_brainage.nii.gz",
         "tsv": f"{prefix}_brainage.tsv",
         "json": f"{prefix}_brainage.json",
     }
@@ -120,6 +124,11 @@ def image_sidecars(names: dict, raw: str, normalization: str, skull_strip_method
                      "IntensityNormalization": normalization},
         "mni_mask": {"Type": "Brain", "Description": "brain mask in MNI space", "Sources": [own(names["mask"])],
                      "SpatialReference": "MNI152NLin2009aSym, 2 mm grid 99x117x95"},
+        "contrib": {"Description": "why this age: each voxel's contribution to the ensemble's "
+                    "predicted age through its tissue model, in years (positive: looks older "
+                    "than the training mean)", "Units": "years",
+                    "Sources": [own(names["mni_norm"])],
+                    "SpatialReference": "MNI152NLin2009aSym, 2 mm grid 99x117x95"},
     }
 
 
@@ -164,6 +173,8 @@ def write_image_outputs(*, output_dir: Path, anat_dir: str, prefix: str, entitie
     raw = f"bids:raw:{source}"
     for key, meta in image_sidecars(names, raw, normalization.get("method"),
                                     skull_strip_method, anat_dir).items():
+        if key in files and not files[key]:
+            continue
         atomic_write_json(folder / names[key].replace(".nii.gz", ".json"), meta)
     warnings, dice = qc_warnings(files, normalization, skull_strip_method, age)
     rows = []
@@ -181,6 +192,7 @@ def write_image_outputs(*, output_dir: Path, anat_dir: str, prefix: str, entitie
         "skull_strip": skull_strip_method,
         "registration_dice": round(dice, 4),
         "reliability": predictions.get("reliability", {}),
+        "contributions": predictions.get("contributions"),
         "settings": settings,
         "timings": {k: round(float(v), 3) for k, v in timings.items()},
         "warnings": warnings,

@@ -2,19 +2,27 @@
 
 brainageR's idea (Cole et al. 2018) on our 2 mm MNI grid. Intensities depend on the scanner,
 its contrast and on how much CSF a site's skull strip keeps; the amount of grey and white matter
-at each place of the brain does not. So:
+at each place of the brain much less. So:
 
 1. **Segment** the affine-aligned brain into CSF, GM and WM: a three-class Gaussian mixture
    of the *log* intensities with the template's tissue maps as spatial priors (the EM of
-   unified segmentation, without its bias and warp terms: N4 ran before). Log intensities make
-   a scale change a shift and a gamma change a scaling, which the class means and variances
-   absorb. Voxels outside the brain mask, or zero inside it (holes a tight strip filled), count
-   as neither GM nor WM, so a strip that drops the sulcal CSF leaves the maps as they were.
-2. **Warp** the tissue composite (GM + 2 WM) to the template's (antspyx SyN, mean squares,
-   single-threaded and seeded) at :data:`WARP_MM`.
+   unified segmentation, without its bias and warp terms: N4 ran before) gives the class
+   means; each voxel's tissue **fractions** then come from linear unmixing between those
+   means (a partial-volume model, as FSL FAST's). Log intensities make a scale change a shift
+   and a gamma change a scaling, which the means absorb; the fractions do not depend on the
+   classes' widths (noise, resolution), nor change under a contrast change that is linear
+   between the class means (a 1.5 T-like lower grey/white contrast). Voxels outside the
+   brain mask, or zero inside it (holes a tight strip filled), count as neither GM nor WM.
+2. **Warp** the tissue composite (GM + 2 WM) to the template's, segmented the same way
+   (antspyx SyN, mean squares, single-threaded and seeded) at :data:`WARP_MM`.
 3. **Modulate**: the warped GM and WM fractions times the Jacobian determinant of the warp
-   (tissue volume per template voxel, as VBM's "modulated" maps), smoothed and read inside the
-   template brain at :data:`FEATURE_MM`, next to the log-Jacobian itself.
+   (tissue volume per template voxel, as VBM's "modulated" maps), smoothed by
+   :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`.
+
+Measured (repeated nested CV on the 138-image pool and the 14 ds000011 heads, ridge; see
+docs/models.md): posterior maps instead of fractions were better on the pool (MAE 5.24 vs
+5.68) but read the other scanner 4.5 years younger (fractions: −0.5); adding the
+log-Jacobian or a second smoothing scale did not help.
 """
 from __future__ import annotations
 
@@ -69,8 +77,9 @@ def tissue_priors() -> np.ndarray:
 
 
 def segment(mni: np.ndarray, mask: np.ndarray, priors: np.ndarray | None = None,
-            iterations: int = EM_ITERATIONS, fractions: bool = False) -> tuple[np.ndarray, dict]:
-    """Posterior CSF, GM and WM probabilities of each brain voxel, shape (3, x, y, z).
+            iterations: int = EM_ITERATIONS, fractions: bool = True) -> tuple[np.ndarray, dict]:
+    """CSF, GM and WM of each brain voxel, shape (3, x, y, z): fractions by unmixing between
+    the class means (default), or the mixture's posterior probabilities (``fractions=False``).
 
     A Gaussian mixture of log intensities whose class weights at each voxel are the spatial
     priors times a global mixing proportion (EM). Zero outside ``mask`` and at non-positive
@@ -80,12 +89,16 @@ def segment(mni: np.ndarray, mask: np.ndarray, priors: np.ndarray | None = None,
     >>> truth = rng.integers(0, 3, (6, 6, 6))
     >>> img = np.choose(truth, [0.3, 0.7, 1.0]) * np.exp(rng.normal(0, 0.03, truth.shape))
     >>> flat = np.full((3,) + truth.shape, 1 / 3, np.float32)
-    >>> post, info = segment(img, np.ones(truth.shape, bool), flat)
+    >>> post, info = segment(img, np.ones(truth.shape, bool), flat, fractions=False)
     >>> float((post.argmax(0) == truth).mean())
     1.0
-    >>> post2, _ = segment(10 * img ** 0.8, np.ones(truth.shape, bool), flat)
+    >>> post2, _ = segment(10 * img ** 0.8, np.ones(truth.shape, bool), flat, fractions=False)
     >>> bool(np.abs(post2 - post).max() < 1e-3)
     True
+    >>> frac, _ = segment(img, np.ones(truth.shape, bool), flat)
+    >>> frac2, _ = segment(10 * img ** 0.8, np.ones(truth.shape, bool), flat)
+    >>> bool(np.abs(frac2 - frac).max() < 1e-3), bool(np.allclose(frac.sum(0), 1))
+    (True, True)
     """
     priors = tissue_priors() if priors is None else priors
     positive = np.asarray(mask, bool) & (np.asarray(mni) > 0)
@@ -143,11 +156,12 @@ def _posteriors(y, spatial, mean, var, mix) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _fixed():
     """The template's tissue composite at :data:`WARP_MM` and the feature mask (the template
-    brain at :data:`FEATURE_MM`). The template is segmented exactly as a subject is, so a
-    subject identical to it is warped by the identity."""
+    brain at :data:`FEATURE_MM`). The template is segmented as a subject is, with its
+    posterior probabilities instead of fractions: an average of many brains has blurred
+    edges, and the sharper posteriors are the warp's target the measured models used."""
     tpl = template_2mm()
     brain = template_mask(tpl)
-    post, _ = segment(tpl.get_fdata(dtype=np.float32), brain)
+    post, _ = segment(tpl.get_fdata(dtype=np.float32), brain, fractions=False)
     composite = block_mean(post[1] + 2 * post[2], WARP_MM // 2)
     feature_mask = block_mean(brain.astype(np.float32), FEATURE_MM // 2) > 0.5
     return composite, feature_mask
@@ -189,9 +203,12 @@ def warp_tissue(post: np.ndarray, seed: int = 20240) -> dict:
             "fixed": fixed_data}
 
 
+FEATURE_MAPS = ("gm", "wm")
+
+
 def tissue_features(mni: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The ``tissue`` model's input: modulated GM, modulated WM and the log-Jacobian, smoothed
-    by :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`."""
+    """The ``tissue`` model's input: modulated GM and WM fractions, smoothed by
+    :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`."""
     from scipy import ndimage
 
     post, _ = segment(mni, mask)
@@ -199,7 +216,7 @@ def tissue_features(mni: np.ndarray, mask: np.ndarray) -> np.ndarray:
     _, feature_mask = _fixed()
     sigma = SMOOTH_FWHM_MM / (2 * np.sqrt(2 * np.log(2))) / WARP_MM
     parts = []
-    for key in ("gm", "wm", "logjac"):
+    for key in FEATURE_MAPS:
         smooth = ndimage.gaussian_filter(maps[key], sigma)
         parts.append(block_mean(smooth, FEATURE_MM // WARP_MM)[feature_mask])
     return np.concatenate(parts).astype(np.float64)

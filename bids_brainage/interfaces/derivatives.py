@@ -32,6 +32,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     warp_file = File()
     normalization_json = File(exists=True, mandatory=True)
     predictions_json = File(exists=True)
+    contrib_map = File(desc="the contribution map (years), 2 mm MNI grid")
     skull_strip_method = traits.Str("")
     timings = traits.Dict(desc="stage -> seconds")
 
@@ -53,6 +54,7 @@ class DerivativesSink(SimpleInterface):
         files = {
             "mask": i.mask, "t1w": i.t1w, "mni_norm": i.mni_norm, "mni_mask": i.mni_mask,
             "affine": i.affine_file, "warp": i.warp_file if isdefined(i.warp_file) else None,
+            "contrib": i.contrib_map if isdefined(i.contrib_map) else None,
         }
         predictions = (json.loads(Path(i.predictions_json).read_text())
                        if isdefined(i.predictions_json) else {"rows": [], "models": {}})

@@ -30,6 +30,7 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
 
 class _PredictOutputSpec(TraitedSpec):
     out_json = File(exists=True, desc="rows and the cards used")
+    contrib_map = File(desc="the tissue member's contributions (years), 2 mm MNI grid")
     seconds = traits.Float()
 
 
@@ -51,12 +52,21 @@ class Predict(TimedInterface):
         mni = nib.load(self.inputs.mni).get_fdata(dtype=np.float32)
         mask = np.asanyarray(nib.load(self.inputs.mni_mask).dataobj) > 0
         age = self.inputs.age if isdefined(self.inputs.age) else None
-        rows, assessment = predict_ages(mni, mask, cards, names, threads=self.inputs.threads,
-                                        age=age)
+        rows, details = predict_ages(mni, mask, cards, names, threads=self.inputs.threads,
+                                     age=age, explain=True)
+        explanation = details.get("contributions")
+        if explanation is not None:
+            img = nib.Nifti1Image(explanation.pop("map").astype(np.float32),
+                                  nib.load(self.inputs.mni).affine)
+            img.header.set_xyzt_units("mm")
+            img.to_filename(str(cwd / "contributions.nii.gz"))
+            self._results["contrib_map"] = str(cwd / "contributions.nii.gz")
         used = {n: {k: cards[n].get(k) for k in ("version", "architecture", "file", "sha256",
                                                  "input", "training", "interval")
                     if cards[n].get(k) is not None} for n in names}
         out = cwd / "predictions.json"
-        out.write_text(json.dumps({"rows": rows, "models": used, "reliability": assessment,
+        out.write_text(json.dumps({"rows": rows, "models": used,
+                                   "reliability": details["reliability"],
+                                   "contributions": explanation,
                                    "cards_sha256": self.inputs.cards_sha256}))
         self._results["out_json"] = str(out)

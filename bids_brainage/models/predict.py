@@ -131,9 +131,12 @@ def interval(card: dict, age: float, spread: float | None = None):
 
 
 def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], names,
-                 threads: int = 1, age: float | None = None) -> tuple[list[dict], dict]:
+                 threads: int = 1, age: float | None = None,
+                 explain: bool = False) -> tuple[list[dict], dict]:
     """One row per model (``model``, ``predicted_age``, ``interval_low``, ``interval_high``,
-    ``flag``) and the reliability assessment behind the flags (:mod:`.reliability`)."""
+    ``flag``), and details: the reliability assessment behind the flags
+    (:mod:`.reliability`) and, with ``explain``, the tissue model's contribution map
+    (:mod:`.explain`)."""
     from bids_brainage.models import reliability
 
     rows, ages, cache = [], {}, {}
@@ -169,4 +172,24 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
                      "interval_low": None if low is None else round(low, 3),
                      "interval_high": None if high is None else round(high, 3),
                      "flag": flag})
-    return rows, assessment
+    details = {"reliability": assessment}
+    if explain:
+        details["contributions"] = explain_tissue(cards, names, ensembles, inputs)
+    return rows, details
+
+
+def explain_tissue(cards, names, ensembles, inputs) -> dict | None:
+    """The tissue member's contributions, weighted as in the (first) ensemble."""
+    from bids_brainage.models.explain import explain
+    from bids_brainage.models.forest import load_forest
+
+    for name in names:
+        card = cards[name]
+        if card.get("input", {}).get("feature") != "tissue" or card.get("kind") != "ridge":
+            continue
+        weight = float(ensembles[0]["members"].get(name, 0.0)) if ensembles else 1.0
+        out = explain(load_forest(verified_file(card)), inputs(card["input"]), weight)
+        if out is not None:
+            out.update(model=name, of=ensembles[0]["name"] if ensembles else name)
+        return out
+    return None

@@ -112,11 +112,13 @@ def bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
 
 
 def brain_mosaic(background: np.ndarray, zooms, *, outlines, focus: np.ndarray,
-                 window: tuple[float, float], title: str) -> Figure:
+                 window: tuple[float, float], title: str, overlay=None) -> Figure:
     """Three planes x three positions of ``background`` with contour ``outlines``.
 
     ``outlines`` is a list of ``(volume, level, colour, width)`` on the same grid;
-    ``focus`` (a boolean volume) chooses the slices and the crop.
+    ``focus`` (a boolean volume) chooses the slices and the crop; ``overlay`` is an optional
+    ``(volume, limit)`` drawn in a diverging colour map (blue −limit … red +limit, zero
+    transparent).
     """
     fig = Figure(figsize=(9, 9), facecolor=BACKGROUND)
     axes = fig.subplots(3, 3)
@@ -132,6 +134,11 @@ def brain_mosaic(background: np.ndarray, zooms, *, outlines, focus: np.ndarray,
             extent = (0, image.shape[0] * spacing[0], 0, image.shape[1] * spacing[1])
             ax.imshow(image.T, cmap="gray", origin="lower", extent=extent,
                       vmin=window[0], vmax=window[1], interpolation="nearest")
+            if overlay is not None:
+                values = _plane(overlay[0], axis, index)[plane_crop]
+                shown = np.ma.masked_where(np.abs(values) < overlay[1] * 0.05, values)
+                ax.imshow(shown.T, cmap="RdBu_r", origin="lower", extent=extent, alpha=0.75,
+                          vmin=-overlay[1], vmax=overlay[1], interpolation="nearest")
             for volume, level, colour, width in outlines:
                 _contour(ax, _plane(volume, axis, index)[plane_crop], spacing, level, colour,
                          width)
@@ -194,6 +201,19 @@ def mni_overlay_figure(mni, template_mask, template=None) -> Figure:
             title += " and white-matter contour (blue)"
     return brain_mosaic(data, zooms, outlines=outlines, focus=brain,
                         window=intensity_window(data, brain), title=title)
+
+
+def contribution_figure(mni, contributions) -> Figure:
+    """Where the brain looked older (red) or younger (blue) than the training mean: the
+    contribution map over the normalised brain in MNI space."""
+    data, zooms, affine = load_canonical(mni)
+    values = resample_to(contributions, data.shape, affine, order=0)
+    focus = data > 0
+    limit = float(np.percentile(np.abs(values[values != 0]), 99)) if np.any(values) else 1.0
+    title = "Why this age: red looks older, blue younger than the training mean"
+    return brain_mosaic(data, zooms, outlines=[], focus=focus if focus.any() else values != 0,
+                        window=intensity_window(data, focus), title=title,
+                        overlay=(values, limit or 1.0))
 
 
 # ------------------------------------------------------------------------------ charts

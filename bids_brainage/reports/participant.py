@@ -43,6 +43,8 @@ def image_entry(output_dir: Path, image, template_mask: Path) -> dict:
     entry = {"label": label, "status": status, "message": sidecar.get("message"),
              "predictions": _read_rows(folder / names["tsv"]),
              "timings": sidecar.get("timings", {}), "warnings": sidecar.get("warnings", []),
+             "reliability": sidecar.get("reliability") or {},
+             "contributions": sidecar.get("contributions"), "contrib": None,
              "t1w": None, "mask": None, "mni": None, "template": str(T1_BRAIN),
              "template_mask": str(template_mask), "histogram": None}
     if status == "ok":
@@ -50,6 +52,8 @@ def image_entry(output_dir: Path, image, template_mask: Path) -> dict:
         entry.update(
             t1w=str(folder / names["t1w"]), mask=str(folder / names["mask"]),
             mni=str(folder / names["mni_norm"]),
+            contrib=(str(folder / names["contrib"]) if (folder / names["contrib"]).exists()
+                     else None),
             histogram={**norm.get("histogram", {}), "normalization": norm.get("method"),
                        "peaks": norm.get("peaks", {})},
         )
@@ -102,6 +106,8 @@ def _prepare(participant_id: str, image: dict, number: int) -> dict:
     figures, problems = [], []
     for name, make, needs in _figure_specs(image):
         missing = [key for key in needs if not _available(image, key)]
+        if "contrib" in missing:
+            continue  # no linear tissue model among the models run: nothing to map
         if missing:
             if status == "ok":
                 problems.append(f"{name}: not shown, {', '.join(missing)} not available")
@@ -124,7 +130,17 @@ def _prepare(participant_id: str, image: dict, number: int) -> dict:
         "figure_problems": problems,
         "timings": timings,
         "total_time": sum(_seconds(v) for v in timings.values()),
+        "flag": _flag(image),
+        "reliability": image.get("reliability") or {},
+        "contributions": image.get("contributions"),
     }
+
+
+def _flag(image: dict) -> str:
+    """The image's flag: ok, or its reasons (the same on every row of its TSV)."""
+    flags = {r.get("flag") for r in image.get("predictions") or [] if r.get("flag")}
+    flags.discard("n/a")
+    return ";".join(sorted(flags)) if flags else "n/a"
 
 
 def _figure_specs(image: dict):
@@ -144,11 +160,16 @@ def _figure_specs(image: dict):
     def predictions():
         return figures.prediction_figure(image["predictions"], _age(image["predictions"]))
 
+    def contributions():
+        return figures.contribution_figure(image["mni"], image["contrib"])
+
     return (
         ("Brain mask on the T1w", mask, ("t1w", "mask")),
         ("Registration to MNI space", mni, ("mni", "template_mask")),
         ("Normalised intensity histogram with tissue peaks", histogram, ("histogram",)),
         ("Predicted age of each model with its interval", predictions, ("predictions",)),
+        ("Why this age: contributions of each place of the brain", contributions,
+         ("mni", "contrib")),
     )
 
 

@@ -100,14 +100,15 @@ PARTICIPANT = PAGE_HEAD + """<body>
 <h2 id="summary">Summary</h2>
 <table>
 <tr><th>image</th><th>status</th><th>model</th><th>predicted age</th><th>interval</th>
-<th>age</th><th>gap</th></tr>
+<th>age</th><th>gap</th><th>flag</th></tr>
 {% for image in images %}
 {% for row in image.predictions or [{}] %}
 <tr class="{{ image.status }}"><td>{{ image.title }}</td>
 <td class="{{ 'status-ok' if image.status == 'ok' else 'status-bad' }}">{{ image.status }}</td>
 <td>{{ row.get('model') or 'n/a' }}</td><td class="num">{{ row.get('predicted_age') | fmt(1) }}</td>
 <td class="num">{{ row.get('interval_low') | fmt(1) }} &ndash; {{ row.get('interval_high') | fmt(1) }}</td>
-<td class="num">{{ row.get('age') | fmt(1) }}</td><td class="num">{{ row.get('brain_age_gap') | fmt(1) }}</td></tr>
+<td class="num">{{ row.get('age') | fmt(1) }}</td><td class="num">{{ row.get('brain_age_gap') | fmt(1) }}</td>
+<td class="{{ 'status-ok' if row.get('flag') in ('ok', None, 'n/a') else 'status-bad' }}">{{ (row.get('flag') or 'n/a') | replace(';', ', ') }}</td></tr>
 {% endfor %}
 {% endfor %}
 </table>
@@ -118,6 +119,39 @@ PARTICIPANT = PAGE_HEAD + """<body>
 <div class="alert bad">This image failed: {{ image.message or 'no reason recorded' }}</div>
 {% endif %}
 {% for warning in image.warnings %}<div class="alert">Warning: {{ warning }}</div>{% endfor %}
+{% if image.status == 'ok' and image.reliability %}
+<h3>How far to trust this age</h3>
+{% if image.reliability.reasons %}
+<div class="alert bad flagged">Flagged: {{ image.reliability.reasons | join(', ') }}. The interval
+was calibrated on images like the training pool's; for this image it is not calibrated and the
+prediction is an indication, not a measurement.</div>
+{% elif image.reliability.calibrated %}
+<p class="status-ok">Not flagged: every check below is within the training pool's range.</p>
+{% else %}<p>The model card has no reliability limits: nothing can be said.</p>{% endif %}
+{% set q = image.reliability.quantities or {} %}
+<table class="reliability"><tr><th>check</th><th>this image</th><th>limit</th></tr>
+{% if q.members_spread is defined %}<tr><td>members' spread (sd, years)</td><td class="num">{{ q.members_spread | fmt(1) }}</td><td class="num">&le; {{ q.members_spread_limit | fmt(1) }}</td></tr>{% endif %}
+{% if q.training_distance is defined %}<tr><td>distance from the training images</td><td class="num">{{ q.training_distance | fmt(2) }}</td><td class="num">&le; {{ q.training_distance_limit | fmt(2) }}</td></tr>{% endif %}
+{% if q.registration_dice is defined %}<tr><td>registration overlap (Dice)</td><td class="num">{{ q.registration_dice | fmt(3) }}</td><td class="num">&ge; {{ q.registration_dice_min | fmt(3) }}</td></tr>{% endif %}
+{% if q.mask_volume_ratio is defined %}<tr><td>brain mask / template brain</td><td class="num">{{ q.mask_volume_ratio | fmt(3) }}</td><td class="num">{{ (q.mask_volume_ratio_range or [None, None])[0] | fmt(3) }} &ndash; {{ (q.mask_volume_ratio_range or [None, None])[1] | fmt(3) }}</td></tr>{% endif %}
+{% if q.training_age_range is defined %}<tr><td>training ages</td><td>{{ (q.outside_training_ages or []) | join(', ') or 'inside' }}</td><td class="num">{{ q.training_age_range[0] | fmt(0) }} &ndash; {{ q.training_age_range[1] | fmt(0) }}</td></tr>{% endif %}
+</table>
+{% endif %}
+{% if image.contributions %}
+<h3>Why this age</h3>
+<p>The {{ image.contributions.model }} model's part of the {{ image.contributions.of }}
+(weight {{ image.contributions.weight | fmt(2) }}) moved the prediction
+{{ image.contributions.total_years | fmt(1) }} years from the training mean; by region
+(DLMUSE atlas), in years:</p>
+<table class="contributions"><tr><th>older-looking</th><th>years</th><th>younger-looking</th><th>years</th></tr>
+{% for i in range([image.contributions.older | length, image.contributions.younger | length] | max) %}
+<tr><td>{{ image.contributions.older[i].region if i < image.contributions.older | length else '' }}</td>
+<td class="num">{{ image.contributions.older[i].years | fmt(2) if i < image.contributions.older | length else '' }}</td>
+<td>{{ image.contributions.younger[i].region if i < image.contributions.younger | length else '' }}</td>
+<td class="num">{{ image.contributions.younger[i].years | fmt(2) if i < image.contributions.younger | length else '' }}</td></tr>
+{% endfor %}
+</table>
+{% endif %}
 {% for figure in image.figures %}
 <figure><img src="{{ figure.uri }}" alt="{{ figure.alt }}" width="{{ figure.width }}" height="{{ figure.height }}">
 <figcaption>{{ figure.caption }}</figcaption></figure>

@@ -110,10 +110,10 @@ ARCHITECTURES = {
         "at 8 mm inside the template brain eroded by 2 voxels"),
     "tissue": lambda args: (
         "standardised features, ridge (penalty by leave-one-out CV inside the training data) "
-        "on grey- and white-matter maps (3-class mixture of log intensities with the "
-        "template's tissue priors) warped to the template's by SyN and modulated by its "
-        "Jacobian, and the log-Jacobian, smoothed (8 mm FWHM) at 4 mm inside the template "
-        "brain"),
+        "on grey- and white-matter fractions (unmixed between the class means of a 3-class "
+        "mixture of log intensities with the template's tissue priors) warped to the "
+        "template's by SyN and modulated by its Jacobian, smoothed (8 mm FWHM) at 4 mm inside "
+        "the template brain"),
 }
 HISTOGRAMS = {"logquantile": "log intensities (10th percentile at 0, 90th at 1) and the 3 "
                              "tissue fractions",
@@ -256,8 +256,8 @@ def preprocessing(spec: dict) -> str:
     if feature == "morphometry":
         last = "rank-normalised; SyN to the rank-normalised template (log-Jacobians)"
     elif feature == "tissue":
-        last = ("GM/WM/CSF mixture with template priors; SyN of the tissue maps to the "
-                "template's; Jacobian-modulated GM and WM")
+        last = ("GM/WM/CSF fractions (mixture with template priors, linear unmixing); SyN of "
+                "the tissue maps to the template's; Jacobian-modulated GM and WM")
     elif norm == "quantile":
         last = "rank-normalised, mapped onto the reference quantiles"
     elif norm == "rank":
@@ -320,55 +320,64 @@ def run(args) -> int:
 
         robustness, reasons = gate(members, subjects, ages, groups, defaults, derivatives,
                                    args, work_dir, common)
-        defaults = [n for n in defaults if n not in reasons] or [
-            min(defaults, key=lambda n: max(robustness["mean"][n].values()))]
+        if len(reasons) < len(defaults):  # models that fail leave the defaults
+            defaults = [n for n in defaults if n not in reasons]
+        else:
+            # none passes: the defaults stay as asked, and every card says how it failed (a
+            # single "least sensitive" model was worse on average than the ensemble here)
+            LOG.warning("no default model stays below %.1f years for every variant; the "
+                        "defaults stay %s, each card carries a robustness_warning",
+                        2.0, defaults)
+            reasons = {n: {"warning": r} for n, r in reasons.items()}
     ensemble_members = [m for m in members if m.name in defaults]
 
-    LOG.info("repeated nested cross-validation (%d x %d folds) of %s", args.repeats, args.folds,
-             [m.name for m in members])
-    nested = nested_cv(members, ages, groups, k=args.folds, repeats=args.repeats,
-                       inner_k=args.folds, seed=args.random_seed)
-    if len(ensemble_members) != len(members):  # the ensemble of the defaults only
-        default_nested = nested_cv(ensemble_members, ages, groups, k=args.folds,
-                                   repeats=args.repeats, inner_k=args.folds,
-                                   seed=args.random_seed)
-        nested["predictions"]["ensemble"] = default_nested["predictions"]["ensemble"]
-        for key in ("member_low", "member_high"):
-            nested[key]["ensemble"] = default_nested[key]["ensemble"]
-        nested["weights"] = default_nested["weights"]
-        nested["spread"] = default_nested["spread"]
-    LOG.info("fitting every model on all %d images", len(ages))
-    final = fit_ensemble(members, ages, None, groups, k=args.folds, seed=args.random_seed,
-                         weights=None)
-    weights = (final.weights if len(ensemble_members) == len(members) else
-               fit_ensemble(ensemble_members, ages, None, groups, k=args.folds,
-                            seed=args.random_seed).weights)
-    external = external_predictions(args, final, members, work_dir)
-    reliability = reliability_card(args, subjects, ages, groups, nested, cache)
-
     cards = []
-    source = f"{args.folds}-fold cross-validation out-of-fold predictions on every image"
-    for member in members:
-        card = {"name": member.name, "kind": "forest" if member.name == "rf" else "ridge",
-                "file": save_member(member.name, final.models[member.name], model_dir),
-                "architecture": ARCHITECTURES[member.name](args),
-                "input": member_input(member.name, args), **common,
-                "preprocessing": preprocessing(member_input(member.name, args)),
-                "default": member.name in defaults,
-                "validation": validation_block(nested, member.name, final, args),
-                **calibration(final.oof[member.name], final.ages, source)}
-        add_external(card, external, member.name)
-        add_robustness(card, robustness, reasons)
-        cards.append(card)
+    if members:
+        LOG.info("repeated nested cross-validation (%d x %d folds) of %s", args.repeats,
+                 args.folds, [m.name for m in members])
+        nested = nested_cv(members, ages, groups, k=args.folds, repeats=args.repeats,
+                           inner_k=args.folds, seed=args.random_seed)
+        if len(ensemble_members) != len(members):  # the ensemble of the defaults only
+            default_nested = nested_cv(ensemble_members, ages, groups, k=args.folds,
+                                       repeats=args.repeats, inner_k=args.folds,
+                                       seed=args.random_seed)
+            nested["predictions"]["ensemble"] = default_nested["predictions"]["ensemble"]
+            for key in ("member_low", "member_high"):
+                nested[key]["ensemble"] = default_nested[key]["ensemble"]
+            nested["weights"] = default_nested["weights"]
+            nested["spread"] = default_nested["spread"]
+        LOG.info("fitting every model on all %d images", len(ages))
+        final = fit_ensemble(members, ages, None, groups, k=args.folds, seed=args.random_seed,
+                             weights=None)
+        weights = (final.weights if len(ensemble_members) == len(members) else
+                   fit_ensemble(ensemble_members, ages, None, groups, k=args.folds,
+                                seed=args.random_seed).weights)
+        external = external_predictions(args, final, members, work_dir)
+        reliability = reliability_card(args, subjects, ages, groups, nested, cache)
+
+        source = f"{args.folds}-fold cross-validation out-of-fold predictions on every image"
+        for member in members:
+            card = {"name": member.name, "kind": "forest" if member.name == "rf" else "ridge",
+                    "file": save_member(member.name, final.models[member.name], model_dir),
+                    "architecture": ARCHITECTURES[member.name](args),
+                    "input": member_input(member.name, args), **common,
+                    "preprocessing": preprocessing(member_input(member.name, args)),
+                    "default": member.name in defaults,
+                    "validation": validation_block(nested, member.name, final, args),
+                    **calibration(final.oof[member.name], final.ages, source)}
+            add_external(card, external, member.name)
+            add_robustness(card, robustness, reasons)
+            cards.append(card)
+        ensemble = ensemble_card(weights, final, ensemble_members, nested, common, args)
+        ensemble["reliability"] = reliability
+        add_external(ensemble, external, "ensemble")
+        add_robustness(ensemble, robustness, {})
+        cards.append(ensemble)
     resnet_names = [n for n in names if n.startswith("resnet")]
     if resnet_names:
         cards.append(resnet_card(args, subjects, ages, groups, model_dir, common, cache,
                                  external_subjects(args, work_dir)))
-    ensemble = ensemble_card(weights, final, ensemble_members, nested, common, args)
-    ensemble["reliability"] = reliability
-    add_external(ensemble, external, "ensemble")
-    add_robustness(ensemble, robustness, {})
-    cards.append(ensemble)
+    cards.sort(key=lambda card: card.get("kind") == "ensemble")  # the ensemble last
     path = write_models(model_dir, cards)
     log_table(cards)
     LOG.info("wrote %s", path)
@@ -509,7 +518,9 @@ def add_robustness(card: dict, robustness: dict, reasons: dict) -> None:
     card["robustness"] = {"mean_abs_change_years": robustness["mean"].get(name, {}),
                           "worst_abs_change_years": robustness["worst"].get(name, {}),
                           **robustness["about"]}
-    if reasons.get(name):
+    if isinstance(reasons.get(name), dict):
+        card["robustness_warning"] = reasons[name]["warning"]
+    elif reasons.get(name):
         card["default"] = False
         card["not_default_because"] = reasons[name]
 

@@ -122,7 +122,8 @@ def init_image_wf(*, image, settings, age, predict: bool = True, name: str) -> p
             # syn they still get the affine image, not the SyN-warped one
             (preproc_wf, predictor, [("outputnode.mni_affine", "mni"),
                                      ("outputnode.mni_affine_mask", "mni_mask")]),
-            (predictor, sink, [("out_json", "predictions_json")]),
+            (predictor, sink, [("out_json", "predictions_json"),
+                               ("contrib_map", "contrib_map")]),
             (predictor, timings, [("seconds", "predict")]),
         ])
     return workflow

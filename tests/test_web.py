@@ -90,7 +90,7 @@ def test_queue_position_purge_and_listing(tmp_path):
 
 
 def test_a_killed_holder_releases_the_job_lock(tmp_path):
-    from bids_brainage.web.jobs import job_lock
+    from bids_brainage.web.jobs import is_orphaned, job_lock
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
@@ -98,12 +98,15 @@ def test_a_killed_holder_releases_the_job_lock(tmp_path):
         str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        running = {"status": "running"}
         with job_lock(tmp_path, wait=0.3) as locked:
             assert not locked  # a live process runs this job
+        assert not is_orphaned(running, tmp_path)
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+        assert is_orphaned(running, tmp_path)  # the page says its worker stopped
         with job_lock(tmp_path, wait=0.3) as locked:
-            assert locked  # its worker died: the job can be taken again
+            assert locked  # and the job can be taken again
     finally:
         holder.kill()
         holder.wait()
@@ -373,7 +376,7 @@ def test_upload_through_the_page_shows_the_bids_apps_ages(web_with_worker, examp
         shown = _js(browser, """Array.from(document.querySelectorAll(
             'table.predictions tr[data-model]')).map(tr => [tr.dataset.model,
             tr.querySelector('td.age').innerText, tr.querySelector('td.age').dataset.value])""")
-        frames = browser.page("Page.getFrameTree")["frameTree"].get("childFrames", [])
+        frame = _js(browser, "document.querySelector('iframe.report').getAttribute('src')")
         errors = _errors(events + _drain(browser.events))
     finally:
         browser.close()
@@ -381,8 +384,8 @@ def test_upload_through_the_page_shows_the_bids_apps_ages(web_with_worker, examp
     for (model, text, value), row in zip(shown, expected):
         assert float(value) == float(row["predicted_age"]), model  # the app's own number
         assert text == f"{float(row['predicted_age']):.1f}", model  # shown rounded
-    # the report is shown in a sandboxed frame (its own origin): the frame loaded it
-    assert [f["frame"]["url"] for f in frames] == [f"{url}/jobs/{job_id}/report"]
+    # the report is shown in a sandboxed frame (an origin of its own, closed to this page)
+    assert frame == f"/jobs/{job_id}/report"
     report = requests.get(f"{url}/jobs/{job_id}/report", timeout=10)
     assert report.status_code == 200 and "Brain-age report: sub-IXI095" in report.text
     assert errors == []
@@ -431,7 +434,8 @@ def test_a_killed_worker_and_web_app_lose_no_job(web_with_worker, tmp_path):
     assert stopped_in["status"] == "running"
     web, web_with_worker["url"] = services.start_web(broker, data, web_with_worker["base"] / "web2.log")
     web_with_worker["started"].append(web)
-    assert job()["status"] == "running"  # the restarted web app knows the job
+    lost = job()
+    assert lost["status"] == "running" and lost["worker_lost"]  # the new web app knows
     worker = services.start_worker(broker, data, web_with_worker["base"] / "worker2.log")
     web_with_worker["started"].append(worker)
     while job()["status"] not in ("done", "failed"):

@@ -22,7 +22,8 @@ import re
 import time
 
 from bids_brainage.web import pages
-from bids_brainage.web.jobs import FAILED, QUEUED, STAGE_LABELS, JobStore, is_stalled, queue_position
+from bids_brainage.web.jobs import (FAILED, QUEUED, STAGE_LABELS, JobStore, is_orphaned,
+                                    queue_position)
 from bids_brainage.web.uploads import UploadError, check_scan, receive_upload
 
 LOG = logging.getLogger("bids_brainage.web")
@@ -109,7 +110,7 @@ def job_summary(store: JobStore, job: dict, jobs: list[dict] | None = None) -> d
     summary["input"] = {k: v for k, v in (job.get("input") or {}).items() if k != "nifti"}
     summary["stage_label"] = STAGE_LABELS.get(job.get("stage"), job.get("stage"))
     summary["queue_position"] = queue_position(job, jobs) if job["status"] == QUEUED else None
-    summary["stalled"] = is_stalled(job)
+    summary["worker_lost"] = is_orphaned(job, store.folder(job["id"]))
     summary["url"] = f"/jobs/{job['id']}"
     if job["status"] == "done":
         summary["predictions"] = predictions(store.folder(job["id"]), job)
@@ -148,7 +149,9 @@ def create_app(settings, celery_app=None):
         recent = store.recent(settings.list_days) if settings.list_days else []
         for job in recent:
             rows = job_summary(store, job, []).get("predictions") or [{}]
-            job["first_age"] = rows[0].get("predicted_age")
+            main = next((r for r in rows if r.get("model") == "ensemble"), rows[0])
+            job["main_age"] = main.get("predicted_age")
+            job["main_model"] = main.get("model")
         form = form or {"models": [m["name"] for m in models if m["default"]]}
         return html("index", status, title="Upload a scan", error=error, jobs=recent,
                     models=models, sexes=SEXES, form=form, retention=retention,
@@ -162,9 +165,13 @@ def create_app(settings, celery_app=None):
             upload = await receive_upload(request, folder / "upload", settings.max_upload_bytes)
             fields = parse_fields(upload.fields, upload.filename, model_names)
             scan = await run_in_threadpool(check_scan, upload, folder / "upload")
-        except (UploadError, ClientDisconnect, OSError):
+        except (UploadError, ClientDisconnect):
             store.remove(job_id)
             raise
+        except OSError as exc:  # a full disk, mostly
+            store.remove(job_id)
+            LOG.error("upload: %s", exc)
+            raise UploadError(507, f"the server could not store the upload ({exc.strerror})")
         except Exception:
             store.remove(job_id)
             LOG.exception("upload")
@@ -220,7 +227,7 @@ def create_app(settings, celery_app=None):
         summary = job_summary(store, job)
         return {"job": job, "position": summary["queue_position"],
                 "stage_label": summary["stage_label"] or "starting",
-                "stalled": summary["stalled"], "stages": pages.stages(job.get("stage")),
+                "worker_lost": summary["worker_lost"], "stages": pages.stages(job.get("stage")),
                 "predictions": summary.get("predictions", []),
                 "flag_columns": _flag_columns(summary.get("predictions", []))}
 

@@ -33,8 +33,6 @@ from bids_brainage.io import atomic_write_json
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 FINISHED = (DONE, FAILED)
-# a running job whose worker wrote nothing for this long is shown as not responding
-STALE_SECONDS = 120.0
 # folders of uploads that never became jobs (a crash mid-upload) are removed after this long
 ABANDONED_SECONDS = 86400.0
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -168,12 +166,24 @@ def queue_position(job: dict, jobs: list[dict]) -> int | None:
     return ahead + 1
 
 
-def is_stalled(job: dict, now: float | None = None) -> bool:
-    """A running job whose worker has not written for :data:`STALE_SECONDS`."""
+def is_orphaned(job: dict, folder: Path) -> bool:
+    """A ``running`` job that no live process holds: its worker died (killed, out of
+    memory). It is retried when a worker picks up its message again or starts."""
     if job.get("status") != RUNNING:
         return False
-    beat = job.get("heartbeat") or job.get("started") or 0.0
-    return (now or time.time()) - beat > STALE_SECONDS
+    try:
+        fd = os.open(folder / ".lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        # a shared lock for an instant: a worker taking the job retries its exclusive lock
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

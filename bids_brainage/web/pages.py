@@ -92,7 +92,7 @@ SCRIPT = """
 BASE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }} · bids_brainage</title><style>{{ css }}</style></head>
+<title>{{ title }} · bids_brainage</title><style>{{ css | safe }}</style></head>
 <body><header><h1><a href="/">bids_brainage · brain age</a></h1>
 <nav><a href="/">New scan</a>{% if list_days %} · <a href="/#jobs">Jobs</a>{% endif %}</nav>
 <span class="muted">version {{ version }}</span></header>
@@ -131,10 +131,10 @@ a minute once it starts. Results are kept for {{ retention }} and then deleted.<
 </form>
 {% if list_days %}<h2 id="jobs">Jobs of the last {{ list_days }} days</h2>
 {% if jobs %}<table><tr><th>submitted</th><th>scan</th><th>status</th><th>age</th>
-<th>predicted (first model)</th><th></th></tr>
+<th>predicted age</th><th></th></tr>
 {% for job in jobs %}<tr><td>{{ job.submitted | when }}</td><td>{{ job.input.filename }}</td>
 <td>{{ job.status }}</td><td class="num">{{ job.age | years }}</td>
-<td class="num">{{ job.first_age | years }}</td><td><a href="/jobs/{{ job.id }}">open</a></td></tr>
+<td class="num">{{ job.main_age | years }}{% if job.main_model %} <small>{{ job.main_model }}</small>{% endif %}</td><td><a href="/jobs/{{ job.id }}">open</a></td></tr>
 {% endfor %}</table>{% else %}<p class="muted">No jobs yet.</p>{% endif %}{% endif %}
 {% endblock %}
 """
@@ -162,8 +162,8 @@ LIVE = """<div id="live" data-status="{{ job.status }}" data-src="/jobs/{{ job.i
   <div class="muted">{{ position - 1 }} job(s) ahead of this one; this page updates by itself.</div>
 {% elif job.status == "running" %}
   <div class="state">Running: {{ stage_label }}</div>
-  {% if stalled %}<div class="alert">The worker has not reported since {{ job.heartbeat | when }}:
-  it may have been stopped. The job is retried when a worker runs again.</div>{% endif %}
+  {% if worker_lost %}<div class="alert">The worker running this job stopped (last report
+  {{ job.heartbeat | when }}). The job is retried as soon as a worker runs again.</div>{% endif %}
   <ol class="stages">{% for s in stages %}<li class="{{ s.state }}">{{ s.label }}</li>{% endfor %}</ol>
 {% elif job.status == "done" %}
   <div class="state">Done</div>
@@ -175,6 +175,10 @@ LIVE = """<div id="live" data-status="{{ job.status }}" data-src="/jobs/{{ job.i
 {% for note in job.notes or [] %}<div class="muted">{{ note }}</div>{% endfor %}
 </div>
 {% if job.status == "done" %}
+{% set main = (predictions | selectattr("model", "equalto", "ensemble") | list or predictions)[0] %}
+{% if main %}<p class="headline">Predicted brain age ({{ main.model }}):
+<span class="big">{{ main.predicted_age | years }} years</span>
+<span class="muted">90 % interval {{ main.interval_low | years }} – {{ main.interval_high | years }}{% if main.brain_age_gap is not none %}; brain-age gap {{ main.brain_age_gap | years(signed=True) }} years{% endif %}</span></p>{% endif %}
 <h2>Predicted brain age</h2>
 <table class="predictions"><tr><th>model</th><th>predicted age</th><th>90 % interval</th>
 <th>age</th><th>brain-age gap</th>{% for f in flag_columns %}<th>{{ f }}</th>{% endfor %}</tr>

@@ -135,7 +135,7 @@ def sweep(app) -> dict:
             if missing and now - job.get("queued_at", 0.0) > RESEND_AFTER:
                 resent.append(job["id"])
         elif job["status"] == RUNNING:
-            with job_lock(store.folder(job["id"]), wait=0) as free:
+            with job_lock(store.folder(job["id"]), wait=1) as free:
                 if free:  # nobody holds it: its worker died
                     resent.append(job["id"])
     for job_id in resent:
@@ -172,7 +172,10 @@ def run_worker(settings) -> int:
     def _init_process(**_):
         from bids_brainage.web.preload import warm_up
 
-        warm_up(settings.threads_per_job)
+        try:
+            warm_up(settings.threads_per_job)
+        except Exception:  # noqa: BLE001 - jobs then fail with the reason, the pool lives
+            LOG.exception("worker process %d could not preload the models", os.getpid())
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_):

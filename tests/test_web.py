@@ -64,8 +64,8 @@ def test_help_names_every_option_and_its_environment_variable(capsys, monkeypatc
     assert main(["serve", "--port", "0"]) == 64
 
 
-def test_queue_position_purge_and_listing(tmp_path):
-    from bids_brainage.web.jobs import JobStore, queue_position
+def test_queue_order_purge_and_listing(tmp_path):
+    from bids_brainage.web.jobs import JobStore, queued_by_time
 
     store = JobStore(tmp_path)
     now = time.time()
@@ -80,7 +80,7 @@ def test_queue_position_purge_and_listing(tmp_path):
     _, abandoned = store.create()  # an upload that never became a job
     os.utime(abandoned, (now - 2 * 86400, now - 2 * 86400))
     jobs = store.all()
-    assert [queue_position(store.read(i), jobs) for i in ids] == [None, None, 1, None, 2]
+    assert queued_by_time(jobs) == [ids[2], ids[4]]
     assert [j["id"] for j in store.recent(7)] == [ids[4], ids[2], ids[3], ids[1]]
     removed = store.purge(retention_seconds=86400)
     assert sorted(removed) == sorted([ids[0], abandoned.name])  # not the queued or running
@@ -269,6 +269,23 @@ def test_a_zip_of_one_dicom_series_is_converted(web_no_worker, tmp_path):
     assert job["input"]["voxel_mm"] == [2.0, 2.0, 2.0]
     folder = web_no_worker["data"] / "jobs" / job["id"] / "upload"
     assert not (folder / "dicom").exists()  # the unpacked files are removed after conversion
+
+
+@needs_redis
+def test_queue_positions_are_the_brokers_order(web_no_worker):
+    url = web_no_worker["url"]
+    ids = []
+    for _ in range(3):
+        with open(SCAN, "rb") as fh:
+            ids.append(requests.post(f"{url}/api/jobs", files={"file": (SCAN.name, fh)},
+                                     timeout=60).json()["id"])
+    positions = [requests.get(f"{url}/api/jobs/{i}", timeout=10).json()["queue_position"]
+                 for i in ids]
+    assert positions[1:] == [positions[0] + 1, positions[0] + 2]  # no worker: all wait
+    listed = {j["id"]: j for j in requests.get(f"{url}/api/jobs", timeout=10).json()["jobs"]}
+    assert [listed[i]["queue_position"] for i in ids] == positions
+    page = requests.get(f"{url}/jobs/{ids[2]}", timeout=10).text
+    assert f"Queued: position {positions[2]} in the queue" in page
 
 
 def test_unknown_job_ids_are_not_found(web_no_worker):

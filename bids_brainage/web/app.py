@@ -23,7 +23,7 @@ import time
 
 from bids_brainage.web import pages
 from bids_brainage.web.jobs import (FAILED, QUEUED, STAGE_LABELS, JobStore, is_orphaned,
-                                    queue_position)
+                                    queued_by_time)
 from bids_brainage.web.uploads import UploadError, check_scan, receive_upload
 
 LOG = logging.getLogger("bids_brainage.web")
@@ -99,17 +99,16 @@ def parse_fields(fields: dict[str, list[str]], filename: str, known_models) -> d
                         ("1", "on", "yes", "true"), "models": models}}
 
 
-def job_summary(store: JobStore, job: dict, jobs: list[dict] | None = None) -> dict:
-    """What the API and the pages say about a job."""
+def job_summary(store: JobStore, job: dict, position: int | None = None) -> dict:
+    """What the API and the pages say about a job (``position``: its place in the queue)."""
     from bids_brainage.web.runner import predictions
 
-    jobs = store.all() if jobs is None and job["status"] == QUEUED else jobs or []
     summary = {k: job.get(k) for k in ("id", "status", "stage", "submitted", "started",
                                         "finished", "attempts", "error", "notes", "input",
                                         "label", "age", "sex", "options")}
     summary["input"] = {k: v for k, v in (job.get("input") or {}).items() if k != "nifti"}
     summary["stage_label"] = STAGE_LABELS.get(job.get("stage"), job.get("stage"))
-    summary["queue_position"] = queue_position(job, jobs) if job["status"] == QUEUED else None
+    summary["queue_position"] = position if job["status"] == QUEUED else None
     summary["worker_lost"] = is_orphaned(job, store.folder(job["id"]))
     summary["url"] = f"/jobs/{job['id']}"
     if job["status"] == "done":
@@ -119,6 +118,216 @@ def job_summary(store: JobStore, job: dict, jobs: list[dict] | None = None) -> d
     return summary
 
 
+class WebApp:
+    """The handlers; each request reads the job folders afresh (no state in memory)."""
+
+    def __init__(self, settings, celery_app):
+        self.settings, self.celery_app = settings, celery_app
+        self.store = JobStore(settings.data_dir)
+        self.models = model_choices()
+        days = settings.retention_days
+        self.retention = f"{days:g} days" if days >= 1 else f"{days * 24:g} hours"
+
+    # -- responses ------------------------------------------------------------------------
+    def html(self, name: str, status: int = 200, **context):
+        from starlette.responses import HTMLResponse
+
+        body = pages.render(name, list_days=self.settings.list_days, **context)
+        return HTMLResponse(body, status, headers={"Content-Security-Policy": PAGE_CSP})
+
+    def not_found(self, api: bool = False):
+        from starlette.responses import JSONResponse
+
+        message = ("no such job: the link is wrong, or the job was deleted after its "
+                   "retention time")
+        if api:
+            return JSONResponse({"error": message}, 404)
+        return self.html("error", 404, title="Not found", message=message)
+
+    def index_page(self, error: str | None = None, status: int = 200):
+        settings = self.settings
+        recent = self.store.recent(settings.list_days) if settings.list_days else []
+        for job in recent:
+            rows = job_summary(self.store, job).get("predictions") or [{}]
+            main = next((r for r in rows if r.get("model") == "ensemble"), rows[0])
+            job["main_age"], job["main_model"] = main.get("predicted_age"), main.get("model")
+        form = {"models": [m["name"] for m in self.models if m["default"]]}
+        return self.html("index", status, title="Upload a scan", error=error, jobs=recent,
+                         models=self.models, sexes=SEXES, form=form, retention=self.retention,
+                         limit_mb=f"{settings.max_upload_mb:g}",
+                         limit_bytes=settings.max_upload_bytes)
+
+    def live_context(self, job: dict) -> dict:
+        summary = self.summary(job)
+        rows = summary.get("predictions", [])
+        return {"job": job, "position": summary["queue_position"],
+                "stage_label": summary["stage_label"] or "starting",
+                "worker_lost": summary["worker_lost"], "stages": pages.stages(job.get("stage")),
+                "predictions": rows, "flag_columns": _flag_columns(rows)}
+
+    def queue_order(self) -> list[str]:
+        """Queued job ids, next first: as the broker holds them, else by time of queueing."""
+        from bids_brainage.web.queue import queued_order
+
+        order = queued_order(self.celery_app)
+        return queued_by_time(self.store.all()) if order is None else order
+
+    def summary(self, job: dict, order: list[str] | None = None) -> dict:
+        position = None
+        if job["status"] == QUEUED:
+            order = self.queue_order() if order is None else order
+            # not in the queue: a worker has taken it and is about to start
+            position = order.index(job["id"]) + 1 if job["id"] in order else 1
+        return job_summary(self.store, job, position)
+
+    def find(self, request) -> dict | None:
+        return self.store.read(request.path_params["job_id"])
+
+    # -- uploads --------------------------------------------------------------------------
+    async def accept(self, request) -> str:
+        """Stream, check and queue one upload; returns the job id or raises UploadError."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import ClientDisconnect
+
+        job_id, folder = self.store.create()
+        try:
+            upload = await receive_upload(request, folder / "upload",
+                                          self.settings.max_upload_bytes)
+            fields = parse_fields(upload.fields, upload.filename,
+                                  [m["name"] for m in self.models])
+            scan = await run_in_threadpool(check_scan, upload, folder / "upload")
+        except (UploadError, ClientDisconnect):
+            self.store.remove(job_id)
+            raise
+        except OSError as exc:  # a full disk, mostly
+            self.store.remove(job_id)
+            LOG.error("upload: %s", exc)
+            raise UploadError(507, f"the server could not store the upload ({exc.strerror})")
+        now = time.time()
+        self.store.write({
+            "id": job_id, "status": QUEUED, "stage": None, "submitted": now,
+            "queued_at": now, "attempts": 0, "notes": [], **fields,
+            "input": {"filename": upload.filename, "bytes": upload.size, "kind": scan["kind"],
+                      "nifti": str(scan["nifti"].relative_to(folder)),
+                      "shape": scan["shape"], "voxel_mm": scan["voxel_mm"]},
+        })
+        await run_in_threadpool(self.queue, job_id)
+        LOG.info("job %s queued: %s", job_id, upload.filename)
+        return job_id
+
+    def queue(self, job_id: str) -> None:
+        from bids_brainage.web.queue import send_job
+
+        try:
+            send_job(self.celery_app, job_id)
+        except Exception as exc:  # noqa: BLE001 - the broker's errors vary
+            LOG.error("job %s: could not queue: %s", job_id, exc)
+            self.store.update(job_id, status=FAILED, finished=time.time(),
+                              error=f"the job queue could not be reached "
+                                    f"({type(exc).__name__}); please upload again later")
+            raise UploadError(503, "the job queue (redis) could not be reached: the upload "
+                                   "was checked but not queued; please try again later") from exc
+
+    # -- routes ---------------------------------------------------------------------------
+    async def index(self, request):
+        return self.index_page()
+
+    async def submit_form(self, request):
+        from starlette.responses import RedirectResponse
+
+        try:
+            job_id = await self.accept(request)
+        except UploadError as exc:
+            return self.index_page(error=exc.message, status=exc.status)
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+    async def submit_api(self, request):
+        from starlette.responses import JSONResponse
+
+        try:
+            job_id = await self.accept(request)
+        except UploadError as exc:
+            return JSONResponse({"error": exc.message}, exc.status)
+        return JSONResponse({"id": job_id, "url": f"/jobs/{job_id}"}, 201,
+                            headers={"Location": f"/api/jobs/{job_id}"})
+
+    async def job_page(self, request):
+        job = self.find(request)
+        if job is None:
+            return self.not_found()
+        return self.html("job", title=job["input"]["filename"], **self.live_context(job))
+
+    async def job_live(self, request):
+        from starlette.responses import HTMLResponse
+
+        job = self.find(request)
+        if job is None:
+            return self.not_found()
+        body = pages.environment().get_template("live").render(**self.live_context(job))
+        return HTMLResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def job_api(self, request):
+        from starlette.responses import JSONResponse
+
+        job = self.find(request)
+        if job is None:
+            return self.not_found(api=True)
+        return JSONResponse(self.summary(job), headers={"Cache-Control": "no-store"})
+
+    async def jobs_api(self, request):
+        from starlette.responses import JSONResponse
+
+        days = self.settings.list_days
+        if not days:
+            return JSONResponse({"error": "the job list is turned off (--list-days 0)"}, 404)
+        order = self.queue_order()
+        return JSONResponse({"days": days, "jobs": [self.summary(j, order)
+                                                    for j in self.store.recent(days)]})
+
+    async def report(self, request):
+        from starlette.responses import FileResponse
+
+        job = self.find(request)
+        if job is None or job.get("status") != "done":
+            return self.not_found()
+        path = self.store.folder(job["id"]) / job["outputs"]["report"]
+        if not path.exists():
+            return self.html("error", 404, title="No report", message="this job has no report")
+        return FileResponse(path, media_type="text/html",
+                            headers={"Content-Security-Policy": REPORT_CSP})
+
+    async def download(self, request):
+        from starlette.responses import FileResponse
+
+        job, name = self.find(request), request.path_params["name"]
+        if job is None or job.get("status") != "done" or name not in DOWNLOADS:
+            return self.not_found()
+        key, media = DOWNLOADS[name]
+        path = self.store.folder(job["id"]) / job["outputs"][key]
+        filename = path.name if key != "zip" else f"sub-{job['label']}_derivatives.zip"
+        return FileResponse(path, media_type=media, filename=filename)
+
+    async def script(self, request):
+        from starlette.responses import Response
+
+        return Response(pages.SCRIPT, media_type="text/javascript")
+
+    async def purge_forever(self):
+        import asyncio
+
+        from starlette.concurrency import run_in_threadpool
+
+        while True:
+            try:
+                removed = await run_in_threadpool(self.store.purge,
+                                                  self.settings.retention_seconds)
+                if removed:
+                    LOG.info("deleted %d job(s) past the retention time", len(removed))
+            except Exception:  # noqa: BLE001 - the next round tries again
+                LOG.exception("purge")
+            await asyncio.sleep(PURGE_SECONDS)
+
+
 def create_app(settings, celery_app=None):
     """The ASGI app for ``settings``; ``celery_app`` sends the jobs (made from the settings
     when not given)."""
@@ -126,183 +335,26 @@ def create_app(settings, celery_app=None):
     import contextlib
 
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import (FileResponse, HTMLResponse, JSONResponse,
-                                     RedirectResponse, Response)
     from starlette.routing import Route
 
-    from bids_brainage.web.queue import make_celery, send_job
+    from bids_brainage.web.queue import make_celery
 
-    store = JobStore(settings.data_dir)
-    celery_app = celery_app or make_celery(settings)
-    models = model_choices()
-    model_names = [m["name"] for m in models]
-    retention = (f"{settings.retention_days:g} days" if settings.retention_days >= 1
-                 else f"{settings.retention_days * 24:g} hours")
-
-    def html(name, status=200, **context):
-        body = pages.render(name, list_days=settings.list_days, **context)
-        return HTMLResponse(body, status, headers={"Content-Security-Policy": PAGE_CSP})
-
-    def index_page(error=None, status=200, form=None):
-        recent = store.recent(settings.list_days) if settings.list_days else []
-        for job in recent:
-            rows = job_summary(store, job, []).get("predictions") or [{}]
-            main = next((r for r in rows if r.get("model") == "ensemble"), rows[0])
-            job["main_age"] = main.get("predicted_age")
-            job["main_model"] = main.get("model")
-        form = form or {"models": [m["name"] for m in models if m["default"]]}
-        return html("index", status, title="Upload a scan", error=error, jobs=recent,
-                    models=models, sexes=SEXES, form=form, retention=retention,
-                    limit_mb=f"{settings.max_upload_mb:g}",
-                    limit_bytes=settings.max_upload_bytes)
-
-    async def accept(request) -> str:
-        """Stream, check and queue one upload; returns the job id or raises UploadError."""
-        job_id, folder = store.create()
-        try:
-            upload = await receive_upload(request, folder / "upload", settings.max_upload_bytes)
-            fields = parse_fields(upload.fields, upload.filename, model_names)
-            scan = await run_in_threadpool(check_scan, upload, folder / "upload")
-        except (UploadError, ClientDisconnect):
-            store.remove(job_id)
-            raise
-        except OSError as exc:  # a full disk, mostly
-            store.remove(job_id)
-            LOG.error("upload: %s", exc)
-            raise UploadError(507, f"the server could not store the upload ({exc.strerror})")
-        except Exception:
-            store.remove(job_id)
-            LOG.exception("upload")
-            raise UploadError(500, "the server could not read this upload; see its log")
-        now = time.time()
-        store.write({
-            "id": job_id, "status": QUEUED, "stage": None, "submitted": now,
-            "queued_at": now, "attempts": 0, "notes": [], **fields,
-            "input": {"filename": upload.filename, "bytes": upload.size, "kind": scan["kind"],
-                      "nifti": str(scan["nifti"].relative_to(folder)),
-                      "shape": scan["shape"], "voxel_mm": scan["voxel_mm"]},
-        })
-        try:
-            await run_in_threadpool(send_job, celery_app, job_id)
-        except Exception as exc:  # noqa: BLE001 - the broker's errors vary
-            LOG.error("job %s: could not queue: %s", job_id, exc)
-            store.update(job_id, status=FAILED, finished=time.time(),
-                         error=f"the job queue could not be reached ({type(exc).__name__}); "
-                               "please upload again later")
-            raise UploadError(503, "the job queue (redis) could not be reached: the upload was "
-                                   "checked but not queued; please try again later") from exc
-        LOG.info("job %s queued: %s", job_id, upload.filename)
-        return job_id
-
-    async def index(request):
-        return index_page()
-
-    async def submit_form(request):
-        try:
-            job_id = await accept(request)
-        except UploadError as exc:
-            return index_page(error=exc.message, status=exc.status)
-        return RedirectResponse(f"/jobs/{job_id}", status_code=303)
-
-    async def submit_api(request):
-        try:
-            job_id = await accept(request)
-        except UploadError as exc:
-            return JSONResponse({"error": exc.message}, exc.status)
-        return JSONResponse({"id": job_id, "url": f"/jobs/{job_id}"}, 201,
-                            headers={"Location": f"/api/jobs/{job_id}"})
-
-    def find(request) -> dict | None:
-        return store.read(request.path_params["job_id"])
-
-    def not_found(api=False):
-        message = "no such job: the link is wrong, or the job was deleted after its retention time"
-        if api:
-            return JSONResponse({"error": message}, 404)
-        return html("error", 404, title="Not found", message=message)
-
-    def live_context(job):
-        summary = job_summary(store, job)
-        return {"job": job, "position": summary["queue_position"],
-                "stage_label": summary["stage_label"] or "starting",
-                "worker_lost": summary["worker_lost"], "stages": pages.stages(job.get("stage")),
-                "predictions": summary.get("predictions", []),
-                "flag_columns": _flag_columns(summary.get("predictions", []))}
-
-    async def job_page(request):
-        job = find(request)
-        if job is None:
-            return not_found()
-        return html("job", title=job["input"]["filename"], **live_context(job))
-
-    async def job_live(request):
-        job = find(request)
-        if job is None:
-            return not_found()
-        body = pages.environment().get_template("live").render(**live_context(job))
-        return HTMLResponse(body, headers={"Cache-Control": "no-store"})
-
-    async def job_api(request):
-        job = find(request)
-        if job is None:
-            return not_found(api=True)
-        return JSONResponse(job_summary(store, job), headers={"Cache-Control": "no-store"})
-
-    async def jobs_api(request):
-        if not settings.list_days:
-            return JSONResponse({"error": "the job list is turned off (--list-days 0)"}, 404)
-        jobs = store.all()
-        recent = store.recent(settings.list_days)
-        return JSONResponse({"days": settings.list_days,
-                             "jobs": [job_summary(store, j, jobs) for j in recent]})
-
-    async def report(request):
-        job = find(request)
-        if job is None or job.get("status") != "done":
-            return not_found()
-        path = store.folder(job["id"]) / job["outputs"]["report"]
-        if not path.exists():
-            return html("error", 404, title="No report", message="this job has no report")
-        return FileResponse(path, media_type="text/html",
-                            headers={"Content-Security-Policy": REPORT_CSP})
-
-    async def download(request):
-        job = find(request)
-        name = request.path_params["name"]
-        if job is None or job.get("status") != "done" or name not in DOWNLOADS:
-            return not_found()
-        key, media = DOWNLOADS[name]
-        path = store.folder(job["id"]) / job["outputs"][key]
-        filename = path.name if key != "zip" else f"sub-{job['label']}_derivatives.zip"
-        return FileResponse(path, media_type=media, filename=filename)
-
-    async def script(request):
-        return Response(pages.SCRIPT, media_type="text/javascript")
-
-    async def purge_forever():
-        while True:
-            with contextlib.suppress(Exception):
-                removed = await run_in_threadpool(store.purge, settings.retention_seconds)
-                if removed:
-                    LOG.info("deleted %d job(s) past the retention time", len(removed))
-            await asyncio.sleep(PURGE_SECONDS)
+    web = WebApp(settings, celery_app or make_celery(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        store.root.mkdir(parents=True, exist_ok=True)
-        task = asyncio.create_task(purge_forever())
+        web.store.root.mkdir(parents=True, exist_ok=True)
+        task = asyncio.create_task(web.purge_forever())
         yield
         task.cancel()
 
     job = "/jobs/{job_id:str}"
     routes = [
-        Route("/", index), Route("/jobs", submit_form, methods=["POST"]),
-        Route(job, job_page), Route(f"{job}/live", job_live), Route(f"{job}/report", report),
-        Route(f"{job}/files/{{name:str}}", download),
-        Route("/api/jobs", submit_api, methods=["POST"]), Route("/api/jobs", jobs_api),
-        Route("/api/jobs/{job_id:str}", job_api), Route("/static/page.js", script),
+        Route("/", web.index), Route("/jobs", web.submit_form, methods=["POST"]),
+        Route(job, web.job_page), Route(f"{job}/live", web.job_live),
+        Route(f"{job}/report", web.report), Route(f"{job}/files/{{name:str}}", web.download),
+        Route("/api/jobs", web.submit_api, methods=["POST"]), Route("/api/jobs", web.jobs_api),
+        Route("/api/jobs/{job_id:str}", web.job_api), Route("/static/page.js", web.script),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -147,23 +147,17 @@ class JobStore:
         return removed
 
 
-def queue_position(job: dict, jobs: list[dict]) -> int | None:
-    """1 for the next job to start, 2 for the one after, ...; None unless queued.
+def queued_by_time(jobs: list[dict]) -> list[str]:
+    """Ids of the queued jobs in the order they were (re)queued: the broker's order, as far
+    as the job states know it.
 
-    Jobs are taken in the order they were (re)queued, as the broker's FIFO queue hands
-    them out.
-
-    >>> jobs = [{"id": "a", "status": "queued", "queued_at": 2.0},
-    ...         {"id": "b", "status": "running", "queued_at": 1.0},
-    ...         {"id": "c", "status": "queued", "queued_at": 3.0}]
-    >>> [queue_position(j, jobs) for j in jobs]
-    [1, None, 2]
+    >>> queued_by_time([{"id": "a", "status": "queued", "queued_at": 2.0},
+    ...                 {"id": "b", "status": "running", "queued_at": 1.0},
+    ...                 {"id": "c", "status": "queued", "queued_at": 1.5}])
+    ['c', 'a']
     """
-    if job.get("status") != QUEUED:
-        return None
-    ahead = sum(1 for j in jobs if j.get("status") == QUEUED and j["id"] != job["id"]
-                and (j.get("queued_at", 0.0), j["id"]) < (job.get("queued_at", 0.0), job["id"]))
-    return ahead + 1
+    queued = [j for j in jobs if j.get("status") == QUEUED]
+    return [j["id"] for j in sorted(queued, key=lambda j: (j.get("queued_at", 0.0), j["id"]))]
 
 
 def is_orphaned(job: dict, folder: Path) -> bool:

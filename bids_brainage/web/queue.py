@@ -121,6 +121,18 @@ def waiting_job_ids(app) -> set[str] | None:
         return None
 
 
+def queued_order(app) -> list[str] | None:
+    """Ids of the jobs waiting in redis, the next one first (kombu pushes on the left and
+    workers pop on the right); None when the queue cannot be read."""
+    try:
+        with app.connection_for_read() as conn:
+            raw = conn.default_channel.client.lrange(QUEUE, 0, -1)
+        ids = [json.loads(m)["headers"]["id"].rsplit("-", 1)[0] for m in reversed(raw)]
+        return list(dict.fromkeys(ids))
+    except Exception:  # noqa: BLE001 - kombu's redis layout is not a public API
+        return None
+
+
 def sweep(app) -> dict:
     """Delete expired jobs; send again the jobs a dead worker or a lost message left behind."""
     settings = app.web_settings

@@ -288,6 +288,7 @@ def test_queue_positions_are_the_brokers_order(web_no_worker):
     assert f"Queued: position {positions[2]} in the queue" in page
 
 
+@needs_redis
 def test_unknown_job_ids_are_not_found(web_no_worker):
     url = web_no_worker["url"]
     for path in ("/api/jobs/0123456789abcdef0123456789abcdef", "/jobs/..%2F..%2Fetc",

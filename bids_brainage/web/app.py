@@ -187,7 +187,6 @@ class WebApp:
     async def accept(self, request) -> str:
         """Stream, check and queue one upload; returns the job id or raises UploadError."""
         from starlette.concurrency import run_in_threadpool
-        from starlette.requests import ClientDisconnect
 
         job_id, folder = self.store.create()
         try:
@@ -196,13 +195,13 @@ class WebApp:
             fields = parse_fields(upload.fields, upload.filename,
                                   [m["name"] for m in self.models])
             scan = await run_in_threadpool(check_scan, upload, folder / "upload")
-        except (UploadError, ClientDisconnect):
-            self.store.remove(job_id)
-            raise
         except OSError as exc:  # a full disk, mostly
             self.store.remove(job_id)
             LOG.error("upload: %s", exc)
             raise UploadError(507, f"the server could not store the upload ({exc.strerror})")
+        except BaseException:  # refused, the client left, or a bug: keep nothing of it
+            self.store.remove(job_id)
+            raise
         now = time.time()
         self.store.write({
             "id": job_id, "status": QUEUED, "stage": None, "submitted": now,

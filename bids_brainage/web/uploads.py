@@ -208,7 +208,10 @@ async def receive_upload(request, folder: Path, max_bytes: int) -> Upload:
             elif seen > max_bytes + slack:
                 break
         if receiver.error is None:
-            parser.finalize()
+            try:
+                parser.finalize()
+            except FormParserError as exc:
+                receiver.fail(UploadError(400, f"the upload ended early ({exc})"))
     finally:
         receiver.finish()
     if receiver.error is not None:

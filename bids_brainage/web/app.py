@@ -359,7 +359,13 @@ def create_app(settings, celery_app=None):
 
 
 def _flag_columns(rows: list[dict]) -> list[str]:
-    """Columns of the predictions table beyond the standard ones (e.g. a reliability flag)."""
+    """Columns of the predictions table beyond the standard ones (a reliability flag, say),
+    and ``message`` when a row has one (a warning on an ``ok`` row).
+
+    >>> _flag_columns([{"model": "rf", "flag": "outside ages", "message": None}])
+    ['flag']
+    """
     standard = {"participant_id", "session_id", "run", "model", "predicted_age",
                 "interval_low", "interval_high", "age", "brain_age_gap", "status", "message"}
-    return [k for k in (rows[0] if rows else {}) if k not in standard]
+    extra = [k for k in (rows[0] if rows else {}) if k not in standard]
+    return extra + (["message"] if any(r.get("message") for r in rows) else [])

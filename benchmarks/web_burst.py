@@ -118,12 +118,16 @@ def kill(url, data, worker, mode, kills, broker, base):
     job_id = upload(url, SCANS[0])
     second = upload(url, SCANS[1])  # queued behind it: must not be lost either
     print(f"job {job_id[:8]} running, job {second[:8]} queued behind it")
+    attempt = 0
     for round_ in range(kills):
-        while state(data, job_id).get("stage") not in ("n4", "register", "normalize"):
+        # the next attempt, once it is past the skull strip
+        while (state(data, job_id).get("attempts", 0) <= attempt
+               or state(data, job_id).get("stage") not in ("n4", "register", "normalize")):
             if state(data, job_id)["status"] in ("done", "failed"):
                 raise RuntimeError("the job ended before it could be killed")
             time.sleep(0.2)
         job = state(data, job_id)
+        attempt = job["attempts"]
         if mode == "child":
             pid = job["owner"]["pid"]
             signal_target = f"pool process {pid}"

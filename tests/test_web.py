@@ -112,6 +112,30 @@ def test_a_killed_holder_releases_the_job_lock(tmp_path):
         holder.wait()
 
 
+def test_a_job_whose_worker_died_twice_is_failed_with_the_stage(tmp_path):
+    """The task's own decision, on real job folders (nothing to run: no pipeline starts)."""
+    from types import SimpleNamespace
+
+    from bids_brainage.web.jobs import JobStore
+    from bids_brainage.web.queue import MAX_ATTEMPTS, _run_job_task
+    from bids_brainage.web.settings import WebSettings
+
+    store = JobStore(tmp_path)
+    task = SimpleNamespace(app=SimpleNamespace(web_settings=WebSettings(data_dir=tmp_path)))
+    job_id, _ = store.create()
+    store.write({"id": job_id, "status": "running", "stage": "register",
+                 "attempts": MAX_ATTEMPTS, "submitted": 1.0, "notes": []})
+    assert _run_job_task(task, job_id) == "failed: worker lost"
+    job = store.read(job_id)
+    assert job["status"] == "failed" and job["finished"]
+    assert f"stopped during 'register' (killed, or out of memory), {MAX_ATTEMPTS} times" in (
+        job["error"])
+    finished, _ = store.create()
+    store.write({"id": finished, "status": "done", "submitted": 1.0})
+    assert _run_job_task(task, finished) == "already finished"  # a duplicate message
+    assert _run_job_task(task, "../../etc") == "not a job id"
+
+
 # --- bad uploads over HTTP ----------------------------------------------------------------
 
 def _dicom_series(folder: Path, volume: np.ndarray, number: int, study: str) -> None:

@@ -92,6 +92,7 @@ SCRIPT = """
 BASE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>{{ title }} · bids_brainage</title><style>{{ css | safe }}</style></head>
 <body><header><h1><a href="/">bids_brainage · brain age</a></h1>
 <nav><a href="/">New scan</a>{% if list_days %} · <a href="/#jobs">Jobs</a>{% endif %}</nav>

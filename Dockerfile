@@ -3,6 +3,7 @@
 #   docker build -t bids_brainage .                          (elsewhere)
 #   docker run --rm -u "$(id -u):$(id -g)" -v /data:/data:ro -v /out:/out -v /work:/work \
 #       bids_brainage /data /out participant -w /work
+#   docker compose up                                        (the web service: compose.yaml)
 #
 # Three stages: `deps` makes a virtual environment in /opt/venv from pinned wheels, `package`
 # builds the app's wheel, and the final stage is bookworm-slim plus Debian's Python, that
@@ -55,8 +56,9 @@ LABEL org.opencontainers.image.title="bids_brainage" \
       org.opencontainers.image.documentation="https://github.com/bids-brainage/bids_brainage#readme" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
 
+# dcm2niix: the web service converts uploaded DICOM zips with it
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 dcm2niix \
  && rm -rf /var/lib/apt/lists/*
 
 COPY --from=deps /opt/venv /opt/venv
@@ -90,4 +92,7 @@ RUN PIP_NO_CACHE_DIR=1 pip install --no-deps --no-index /tmp/dist/*.whl \
  && PIP_DISABLE_PIP_VERSION_CHECK=1 pip check \
  && python -c "import torch, sys; sys.exit(torch.version.cuda is not None)"
 
+# The BIDS App by default; the web service from the same image (compose.yaml):
+#   --entrypoint bids_brainage-web ... serve --host 0.0.0.0   |   ... worker
+EXPOSE 8000
 ENTRYPOINT ["bids_brainage"]

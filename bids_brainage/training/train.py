@@ -200,13 +200,14 @@ def _versions() -> dict:
     return out
 
 
-def calibration(predicted_oof, ages, source: str) -> dict:
-    """The card's ``interval`` and ``bias_correction`` from out-of-fold predictions."""
+def calibration(predicted_oof, ages, source: str, spread=None) -> dict:
+    """The card's ``interval`` and ``bias_correction`` from out-of-fold predictions (and, for
+    an ensemble, its members' spread on them)."""
     from bids_brainage.stats.intervals import calibrate_interval
     from bids_brainage.stats.metrics import fit_age_bias
 
     slope, intercept = fit_age_bias(ages, predicted_oof)
-    interval = calibrate_interval(predicted_oof, ages)
+    interval = calibrate_interval(predicted_oof, ages, spread)
     interval["fitted_on"] = f"{source} (n={len(ages)})"
     return {"interval": interval,
             "bias_correction": {"slope": round(slope, 5), "intercept": round(intercept, 4),
@@ -424,7 +425,10 @@ def validation_block(nested: dict, name: str, final, args) -> dict:
 def ensemble_card(weights, final, members, nested, common, args) -> dict:
     from bids_brainage.training.crossval import combine
 
+    from bids_brainage.training.crossval import member_spread
+
     oof = combine(weights, {m.name: final.oof[m.name] for m in members})
+    spread = member_spread({m.name: final.oof[m.name] for m in members})
     source = (f"the members' {args.folds}-fold cross-validation out-of-fold predictions on "
               f"every image, weighted")
     card = {"name": "ensemble", "kind": "ensemble", "members": weights, "intercept": 0.0,
@@ -439,7 +443,7 @@ def ensemble_card(weights, final, members, nested, common, args) -> dict:
             "validation": {"nested_cv": {**summarise(nested, "ensemble"),
                                          "weights_per_outer_fold": nested["weights"]},
                            "oof_all": metrics(final.ages, oof)},
-            **calibration(oof, final.ages, source)}
+            **calibration(oof, final.ages, source, spread)}
     from bids_brainage.training.crossval import coverage_by_decade
 
     card["validation"]["nested_cv"]["coverage_by_decade"] = coverage_by_decade(nested)

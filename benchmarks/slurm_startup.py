@@ -12,7 +12,8 @@ participant, ``--skip-bids-validation``, a new work folder, 2 processes):
   with the one it replaced (a pybids index of the whole dataset, database in the work folder);
   the process is stopped there;
 - group level: ``bids_brainage bids out group`` on a derivatives folder with one
-  ``_brainage.tsv`` / ``.json`` per participant (the bundled models' rows), report included.
+  ``_brainage.tsv`` / ``.json`` per participant (the bundled models' rows), report included;
+  its peak RSS too.
 
 Prints the median and the range of ``--repeat`` runs of each. Targets (issue 14): start-up
 <= 5 s, group level <= 10 s.
@@ -117,11 +118,17 @@ def make_outputs(bids: Path, out: Path, n: int) -> None:
         (anat / f"sub-{label}_brainage.json").write_text(json.dumps({"status": "ok"}))
 
 
-def time_group(bids: Path, out: Path, work: Path) -> float:
+def time_group(bids: Path, out: Path, work: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one group-level process."""
     cmd = [sys.executable, "-c", AFTER, str(bids), str(out), "group", "-w", str(work)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter() - start
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"group level exited {proc.returncode}: {' '.join(cmd)}")
+    return seconds, usage.ru_maxrss * 1024
 
 
 def summary(name: str, values: list[float], target: float) -> str:
@@ -154,7 +161,8 @@ def main() -> None:
         group = [time_group(bids, out, root / "work") for _ in range(args.repeat)]
         print(summary("start-up, pybids index (before)", results["before"], 5))
         print(summary("start-up, participant folder (after)", results["after"], 5))
-        print(summary("group level", group, 10))
+        print(summary("group level", [g[0] for g in group], 10)
+              + f"  peak RSS {max(g[1] for g in group) / 2**30:.2f} GiB")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -35,6 +35,16 @@ def dry_run(out: Path, *args: str, bids: Path = EXAMPLE) -> tuple[int, dict, Pat
     return code, (json.loads(new[0].read_text()) if new else {}), (new[0].parent if new else None)
 
 
+def test_help_and_version_import_nothing_heavy():
+    code = ("import sys; from bids_brainage.cli.slurm import main; rc = main(['--help']);"
+            "heavy = [m for m in ('torch', 'nipype', 'ants', 'bids', 'pandas') "
+            "if m in sys.modules]; print(rc, heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--rerun-failed" in out and "--cpus-per-task" in out
+    assert out.strip().splitlines()[-1] == "0 []"
+
+
 def test_states_from_the_participant_tables(tmp_path):
     out = tmp_path / "out"
     write_table(out, "IXI095", ["ok", "ok"])
@@ -134,6 +144,8 @@ def test_image_runs_the_app_in_a_container(tmp_path):
     ["--mem", "3 GB"],
     ["--time", "an hour"],
     ["--rerun-failed", "--rerun-all"],
+    ["--max-array-size", "0"],
+    ["--cpus-per-task", "0"],
 ])
 def test_usage_errors_are_64(tmp_path, args):
     assert dry_run(tmp_path / "out", *args)[0] == 64

@@ -46,7 +46,7 @@ def _count(value: str) -> int:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    from bids_brainage.cli.parser import _label
+    from bids_brainage.cli.parser import _label, _positive_int
 
     parser = argparse.ArgumentParser(
         prog="bids_brainage-slurm",
@@ -59,7 +59,6 @@ def get_parser() -> argparse.ArgumentParser:
             "them again). Options of bids_brainage go after '--', e.g. "
             "'-- --models rf,morph --registration syn'."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="the BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="where the derivatives are written")
@@ -81,27 +80,29 @@ def get_parser() -> argparse.ArgumentParser:
 
     res = parser.add_argument_group(
         "Resources (defaults: measured per participant, benchmarks/slurm_resources.py)")
-    res.add_argument("--cpus-per-task", type=int, default=DEFAULTS.cpus_per_task,
-                     help="cores per participant; also the app's --nprocs")
+    res.add_argument("--cpus-per-task", type=_positive_int, default=DEFAULTS.cpus_per_task,
+                     help="cores per participant; also the app's --nprocs (default: %(default)s)")
     res.add_argument("--mem", type=_pattern(_MEM, "memory size"), default=DEFAULTS.mem,
-                     help="memory per participant (peak measured: 1.3 GiB; add 2G for "
-                     "--registration syn)")
+                     help="memory per participant (default: %(default)s; peak measured: 1.3 GiB; "
+                     "add 2G for --registration syn)")
     res.add_argument("--time", type=_pattern(_TIME, "time"), default=DEFAULTS.time,
-                     help="time limit per participant (measured: 20-55 s on 2 cores)")
+                     help="time limit per participant (default: %(default)s; measured: 20-55 s on "
+                     "2 cores)")
     res.add_argument("--group-mem", type=_pattern(_MEM, "memory size"),
-                     default=DEFAULTS.group_mem, help="memory of the group job")
+                     default=DEFAULTS.group_mem, help="memory of the group job (default: %(default)s)")
     res.add_argument("--group-time", type=_pattern(_TIME, "time"),
-                     default=DEFAULTS.group_time, help="time limit of the group job")
+                     default=DEFAULTS.group_time, help="time limit of the group job (default: %(default)s)")
     res.add_argument("--partition", help="SLURM partition of every job")
     res.add_argument("--account", help="SLURM account charged for every job")
     res.add_argument("--throttle", type=_count, default=DEFAULTS.throttle, metavar="N",
-                     help="at most N participants at once (sbatch --array=...%%N); 0: no limit")
+                     help="at most N participants at once (sbatch --array=...%%N); 0: no limit "
+                     "(default: %(default)s)")
     res.add_argument("--sbatch-option", dest="extra", action="append", default=[],
                      metavar="OPTION", help="one more #SBATCH line for every job, e.g. "
                      "--sbatch-option=--qos=normal (repeatable)")
-    res.add_argument("--max-array-size", type=int, default=1000, metavar="N",
-                     help="split larger cohorts into arrays of N tasks (SLURM's MaxArraySize "
-                     "minus one)")
+    res.add_argument("--max-array-size", type=_positive_int, default=1000, metavar="N",
+                     help="split larger cohorts into arrays of N tasks (default: %(default)s, "
+                     "SLURM's default MaxArraySize minus one)")
 
     run = parser.add_argument_group("How each task runs the app")
     run.add_argument("-w", "--work-dir", dest="work_dir", type=Path,
@@ -116,7 +117,6 @@ def get_parser() -> argparse.ArgumentParser:
                      "here, else singularity)")
     run.add_argument("--dry-run", action="store_true",
                      help="write and print the scripts and sbatch commands, submit nothing")
-    run.add_argument("-v", "--verbose", action="count", default=0)
     return parser
 
 

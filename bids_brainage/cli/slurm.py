@@ -175,8 +175,9 @@ def _runner(args):
     return Runner(app=app) if app else None
 
 
-def _check_once(settings, skip_validation: bool) -> int | None:
-    """What every task would otherwise find out on its own: a dataset or model problem."""
+def _check_once(settings, skip_validation: bool, check_models: bool) -> int | None:
+    """What every task would otherwise find out on its own: a dataset or model problem
+    (the models only when the tasks run this installation, not an image's)."""
     from bids_brainage.bids.validate import BIDSError, validate_bids
     from bids_brainage.models.registry import ModelError, load_cards, select_models, verify_all
 
@@ -188,6 +189,8 @@ def _check_once(settings, skip_validation: bool) -> int | None:
             return EXIT_INVALID_BIDS
         print(f"BIDS validator: {settings.bids_dir} is valid"
               + (f" ({len(warnings)} warning(s))" if warnings else ""))
+    if not check_models:
+        return None
     try:
         cards = load_cards(settings.model_dir)
         select_models(cards, settings.models)
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if runner.image is not None and not runner.image.is_file():
         LOG.error("image %s does not exist", runner.image)
         return EXIT_NO_INPUT
-    code = _check_once(settings, args.skip_bids_validation)
+    code = _check_once(settings, args.skip_bids_validation, check_models=runner.image is None)
     if code is not None:
         return code
     return _submit(args, settings, runner, app_args)

@@ -119,7 +119,7 @@ def run_and_wait(record: dict) -> dict[str, dict]:
     seconds = wait_for(ids)
     source, rows = job_states(ids)
     print(f"jobs {', '.join(ids)} done after {seconds:.0f} s; states from {source}:")
-    for row in sorted(rows, key=lambda r: r["job"]):
+    for row in sorted(rows, key=lambda r: [int(n) for n in r["job"].split("_")]):
         print("  {job:<8} {name:<20} {state:<10} exit {exit:<5} {start} -> {end} "
               "({elapsed})".format(**row))
     return {row["job"]: row for row in rows}

@@ -150,13 +150,13 @@ def app_settings(args, app_args: list[str]):
     except SystemExit:
         LOG.error("invalid bids_brainage options after '--': %s", " ".join(app_args))
         return None
-    owned = {"participant_label": "--participant-label (give it before '--')",
-             "work_dir": "-w/--work-dir (give it before '--')",
-             "nprocs": "--nprocs (set by --cpus-per-task)"}
-    for name, hint in owned.items():
+    owned = {"participant_label": ("--participant-label", "give it before '--'"),
+             "work_dir": ("-w/--work-dir", "give it before '--'"),
+             "nprocs": ("--nprocs", "use --cpus-per-task")}
+    for name, (option, hint) in owned.items():
         if getattr(ns, name) is not None:
-            LOG.error("bids_brainage-slurm sets %s itself: remove it from the options after "
-                      "'--'", hint)
+            LOG.error("bids_brainage-slurm sets the app's %s itself: remove it from the "
+                      "options after '--' (%s)", option, hint)
             return None
     ns.nprocs = args.cpus_per_task
     ns.work_dir = args.work_dir

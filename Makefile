@@ -43,9 +43,10 @@ system-deps:
 	fi
 
 # the suite, then the Docker image built for real and run on the example (needs root and
-# podman, which container-check installs; skipped with a message elsewhere)
+# podman, which container-check installs; skipped with a message elsewhere). -rs lists every
+# skipped test and why, e.g. tests/test_slurm.py (a real SLURM via slurm-up) without root.
 test: $(VENV)/.installed-test system-deps
-	$(BIN)/python -m pytest -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider -rs
 	@if [ "$$(id -u)" = 0 ] && [ -x ../shared/tools/container-check ]; then \
 	    $(MAKE) container-test; \
 	else echo "container test skipped: needs root and ../shared/tools/container-check"; fi

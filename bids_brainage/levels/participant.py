@@ -74,9 +74,7 @@ def choose_threads(settings, n_images: int):
 def run_participant(settings, *, predict: bool = True) -> int:
     """Run participant level; returns 0, or 1 when any image failed (others are written)."""
     participants = read_participants(settings.bids_dir)
-    images = find_t1w(settings.bids_dir, settings.participant_label,
-                           settings.session_label,
-                           database_path=settings.work_dir / "pybids_db")
+    images = find_t1w(settings.bids_dir, settings.participant_label, settings.session_label)
     settings = choose_threads(settings, len(images))
     LOG.info("%d T1w image(s) of %d participant(s)", len(images),
              len({im.subject for im in images}))

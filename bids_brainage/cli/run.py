@@ -28,6 +28,8 @@ def _setup_logging(verbose: int) -> None:
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
     LOG.propagate = False
+    # other libraries' warnings (matplotlib building its font cache, ...) only with -v
+    logging.getLogger().setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 def _is_within(path: Path, parent: Path) -> bool:

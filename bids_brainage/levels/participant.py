@@ -91,11 +91,24 @@ def multiproc_plugin(plugin_args: dict, values: dict):
 
 
 class Progress:
-    """nipype's status callback (main process): one line per image and step."""
+    """nipype's status callback (main process): one line per image and step.
+
+    MultiProc announces the start of the steps it submits and the end of every step, a
+    cached one included; Linear announces both for every step, and an end for the steps it
+    skips after a failure. A step is reused when its result file predates it.
+    """
 
     def __init__(self, images):
         self.prefixes = {f"{image.node_name}_wf": image.prefix for image in images}
-        self.started: dict[str, float] = {}
+        self.started: dict[str, tuple[float, int | None]] = {}
+        self.failed: set[str] = set()
+
+    @staticmethod
+    def _result_mtime(node) -> int | None:
+        try:
+            return (Path(node.output_dir()) / f"result_{node.name}.pklz").stat().st_mtime_ns
+        except OSError:
+            return None
 
     def __call__(self, node, status: str) -> None:
         step = STEP_NAMES.get(node.name)
@@ -104,14 +117,20 @@ class Progress:
         parts = node.fullname.split(".")
         prefix = next((self.prefixes[p] for p in parts if p in self.prefixes), parts[0])
         if status == "start":
-            self.started[node.fullname] = time.monotonic()
+            self.started[node.fullname] = (time.monotonic(), self._result_mtime(node))
             return
-        start = self.started.pop(node.fullname, None)
+        start, before = self.started.pop(node.fullname, (None, None))
         if status == "exception":
+            self.failed.add(prefix)
             LOG.info("%s: %s failed", prefix, step)
         elif start is not None:
-            LOG.info("%s: %s done (%.1f s)", prefix, step, time.monotonic() - start)
-        elif node.run_without_submitting:
+            if before is not None and before == self._result_mtime(node):
+                LOG.info("%s: %s reused from the work dir", prefix, step)
+            else:
+                LOG.info("%s: %s done (%.1f s)", prefix, step, time.monotonic() - start)
+        elif prefix in self.failed:  # skipped after its image failed
+            return
+        elif node.run_without_submitting:  # MultiProc ran it in this process, unannounced
             LOG.info("%s: %s", prefix, step)
         else:
             LOG.info("%s: %s reused from the work dir", prefix, step)

@@ -45,9 +45,10 @@ def ridge_to_npz(pipeline, path: Path | str) -> Path:
     from bids_brainage.io import atomic_path
 
     steps = [step for _, step in pipeline.steps]
+    names = [type(step).__name__ for step in steps]
     if len(steps) != 2 or not isinstance(steps[0], StandardScaler) or not isinstance(
             steps[1], (Ridge, RidgeCV)):
-        raise TypeError(f"expected StandardScaler + Ridge, got {[type(s).__name__ for s in steps]}")
+        raise TypeError(f"expected StandardScaler + Ridge, got {names}")
     scaler, ridge = steps
     scale = scaler.scale_ if scaler.with_std else np.ones_like(scaler.mean_)
     mean = scaler.mean_ if scaler.with_mean else np.zeros_like(scale)

@@ -13,7 +13,8 @@ Where things live (one concept, one home):
 - ``stats/``       metrics, age-bias correction and cohort statistics
 - ``reports/``     participant and group HTML reports and their figures
 - ``bids/``        BIDS in and out: validator, T1w discovery, participants.tsv, derivatives
-- ``config.py``    the resolved settings of a run; ``io.py`` atomic writes and image loading
+- ``config.py``    the resolved settings of a run; ``io.py`` atomic writes, checked image
+  loading, the work-dir lock; ``pause.py`` a test hook that stops a run at a named point
 - ``data/``        the bundled template and models (files, not code)
 """
 

@@ -127,3 +127,19 @@ def default_work_dir(output_dir: Path) -> Path:
 def apply_thread_environment(settings: Settings) -> None:
     for key, value in settings.thread_environment().items():
         os.environ.setdefault(key, value)
+
+
+# Update checks and telemetry of the libraries we run, off: nothing reaches the network.
+# nipype asks etelemetry for newer versions; deno (the BIDS validator's runtime) checks for
+# upgrades in the background.
+OFFLINE_ENVIRONMENT = {"NIPYPE_NO_ET": "1", "DENO_NO_UPDATE_CHECK": "1"}
+
+
+def apply_offline_environment(settings: Settings) -> None:
+    """Turn off update checks, and keep library caches in the work dir when the user set
+    none: a run writes nothing outside ``output_dir`` and the work dir."""
+    for key, value in OFFLINE_ENVIRONMENT.items():
+        os.environ[key] = value
+    cache = settings.work_dir / ".cache"
+    os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "torchinductor"))

@@ -14,6 +14,20 @@ IXI_POOL = SHARED_DATA / "ixi-hh-2mm"
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# In CI (.ci/run sets CI=1; hosted CI sets CI=true) nothing may be skipped: a skip there means
+# something CI must have (the shared data, chromium, root) is missing, and the run fails.
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        reason = str(reason).removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where it must run: {reason}"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -81,7 +81,6 @@ def test_cohort_gives_the_right_rows(cohort):
     assert sorted(ixi095["session_id"].unique()) == ["ses-1", "ses-2"]
     # ages come from participants.tsv: both sessions get 24.9 (no sessions.tsv here)
     assert ixi095["age"].tolist() == [24.9] * 4
-    assert np.allclose(ixi095["brain_age_gap"], ixi095["predicted_age"] - 24.9)
     failed = table[table["status"] == "failed"]
     assert failed["participant_id"].tolist() == ["sub-IXI161"]
     assert failed["message"].tolist() == ["skull strip: empty mask"]

@@ -80,11 +80,12 @@ def write_dataset_description(output_dir: Path, bids_dir: Path) -> Path:
     a ``.bidsignore`` for the app's own non-BIDS files."""
     source = {}
     desc_in = Path(bids_dir) / "dataset_description.json"
-    if desc_in.exists():
-        try:
-            source = json.loads(desc_in.read_text())
-        except json.JSONDecodeError:
-            source = {}
+    try:  # the input's description only names the source: a broken one costs nothing
+        source = json.loads(desc_in.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):  # absent, unreadable, not UTF-8, not JSON
+        source = {}
+    if not isinstance(source, dict):
+        source = {}
     generated = {"Name": "bids_brainage", "Version": __version__,
                  "CodeURL": "https://github.com/bids-brainage/bids_brainage"}
     image = os.environ.get("BIDS_BRAINAGE_CONTAINER")
@@ -161,6 +162,32 @@ def qc_warnings(files: dict, normalization: dict, skull_strip_method: str, age) 
     return warnings, dice
 
 
+def training_range_notes(model: str, card: dict | None, predicted: float | None,
+                         age: float | None) -> list[str]:
+    """Notes for a row whose age or prediction lies outside the model's training ages.
+
+    A brain-age model says nothing reliable about people unlike those it learnt from (an
+    infant, a child): such rows are kept, and flagged, not hidden.
+
+    >>> card = {"training": {"age_min": 20.2, "age_max": 79.4}}
+    >>> training_range_notes("rf", card, 31.0, 8.0)
+    ['age 8 y outside the training ages of rf (20.2-79.4 y): an indication, not a measurement']
+    """
+    training = (card or {}).get("training") or {}
+    low, high = training.get("age_min"), training.get("age_max")
+    if low is None or high is None:
+        return []
+    span = f"the training ages of {model} ({low:g}-{high:g} y)"
+    notes = []
+    if age is not None and not low <= age <= high:
+        notes.append(f"age {age:g} y outside {span}")
+    if predicted is not None and not low <= predicted <= high:
+        notes.append(f"predicted age {predicted:g} y outside {span}")
+    if notes:
+        notes[-1] += ": an indication, not a measurement"
+    return notes
+
+
 def write_image_outputs(*, output_dir: Path, anat_dir: str, prefix: str, entities: dict, age,
                         source: str, settings: dict, files: dict, normalization: dict,
                         predictions: dict, skull_strip_method: str, timings: dict) -> Path:
@@ -177,10 +204,16 @@ def write_image_outputs(*, output_dir: Path, anat_dir: str, prefix: str, entitie
             continue
         atomic_write_json(folder / names[key].replace(".nii.gz", ".json"), meta)
     warnings, dice = qc_warnings(files, normalization, skull_strip_method, age)
-    rows = []
+    rows, flags = [], []
     for pred in predictions.get("rows", []):
         gap = None if age is None else round(pred["predicted_age"] - age, 3)
-        rows.append({**entities, **pred, "age": age, "brain_age_gap": gap, "status": "ok"})
+        notes = training_range_notes(pred["model"], predictions.get("models", {}).get(
+            pred["model"]), pred["predicted_age"], age)
+        rows.append({**entities, **pred, "age": age, "brain_age_gap": gap, "status": "ok",
+                     "message": "; ".join(notes) or None})
+        if notes:
+            flags.append(pred["model"])
+            warnings.append("; ".join(notes))
     if not rows:
         warnings.append("no model predicted an age (preprocessing only)")
     sidecar = {
@@ -197,6 +230,8 @@ def write_image_outputs(*, output_dir: Path, anat_dir: str, prefix: str, entitie
         "timings": {k: round(float(v), 3) for k, v in timings.items()},
         "warnings": warnings,
     }
+    if flags:  # models whose row is outside their training ages (the rows' message says how)
+        sidecar["flags"] = {"outside_training_range": flags}
     atomic_write_json(folder / names["json"], sidecar)
     return atomic_write_text(folder / names["tsv"], tsv_text(rows))
 

@@ -27,45 +27,92 @@ def finite_float(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def read_table_text(path: Path) -> str | None:
+    """The text of a TSV as a user's editor saved it: UTF-8 with or without a byte-order
+    mark, else Latin-1 (said once); None, with a warning, when it cannot be read at all."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        LOG.warning("%s cannot be read (%s); treated as absent", path, exc.strerror or exc)
+        return None
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, even before Latin-1 text
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        LOG.warning("%s is not UTF-8 (byte %d); read as Latin-1", path, exc.start)
+        return raw.decode("latin-1")
+
+
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a TSV: any encoding :func:`read_table_text` reads, any line ending
+    (LF, CRLF, CR), names and values stripped, short rows padded with ``n/a``, extra cells
+    dropped; ``([], [])`` for an absent or unparsable file (with a warning)."""
+    text = read_table_text(path) if Path(path).is_file() else None
+    if not text:
+        return [], []
+    try:
+        lines = list(csv.reader(text.splitlines(), delimiter="\t"))
+    except csv.Error as exc:
+        LOG.warning("%s cannot be parsed (%s); ignored", path, exc)
+        return [], []
+    if not lines:
+        return [], []
+    header = [name.strip() for name in lines[0]]
+    rows = []
+    for line in lines[1:]:
+        if not any(cell.strip() for cell in line):
+            continue
+        cells = [cell.strip() for cell in line] + [NA] * (len(header) - len(line))
+        rows.append(dict(zip(header, cells)))
+    return header, rows
+
+
 def read_participants(bids_dir: Path) -> dict[str, dict[str, str]]:
-    """``participants.tsv`` as ``{participant_id: {column: value}}`` (empty when absent)."""
+    """``participants.tsv`` as ``{participant_id: {column: value}}`` (empty when absent).
+
+    The first row of a participant listed twice is used, as by :func:`participants_table`.
+    """
     path = Path(bids_dir) / "participants.tsv"
-    if not path.exists():
+    header, rows = read_table(path)
+    if header and "participant_id" not in header:
+        LOG.warning("%s has no participant_id column; ignored", path)
         return {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
-    return {row["participant_id"]: row for row in rows if row.get("participant_id")}
+    table = {}
+    for row in rows:
+        pid = row.get("participant_id")
+        if pid and pid in table:
+            LOG.warning("%s lists %s twice; the first row is used", path, pid)
+        elif pid and pid != NA:
+            table[pid] = row
+    return table
 
 
 def participant_age(row: dict[str, str] | None) -> float | None:
     """The age of a participants.tsv row in years, or None when absent or not a number."""
     if not row:
         return None
-    value = row.get("age", "n/a")
-    try:
-        age = float(value)
-    except (TypeError, ValueError):
-        return None
-    return age if age == age else None
+    return finite_float(row.get("age", NA))
 
 
 def participants_table(bids_dir: Path | str | None) -> pd.DataFrame:
     """``participants.tsv`` as strings (``age`` numeric), indexed by participant_id."""
-    path = Path(bids_dir) / "participants.tsv" if bids_dir else None
-    if path is None or not path.is_file():
-        return pd.DataFrame(index=pd.Index([], name="participant_id"))
-    table = pd.read_csv(path, sep="\t", dtype=str, na_values=[NA], keep_default_na=False)
-    table.columns = [c.strip() for c in table.columns]
-    if "participant_id" not in table.columns:
-        LOG.warning("%s has no participant_id column; ignored", path)
-        return pd.DataFrame(index=pd.Index([], name="participant_id"))
+    empty = pd.DataFrame(index=pd.Index([], name="participant_id"))
+    if not bids_dir:
+        return empty
+    path = Path(bids_dir) / "participants.tsv"
+    rows = read_participants(bids_dir)  # the same reading, warnings and duplicates rule
+    if not rows:
+        return empty
+    header = list(next(iter(rows.values())))  # every row has every column (padded)
+    table = pd.DataFrame(list(rows.values()), columns=header, dtype=object)
+    table = table.replace({NA: None}).astype(object)
     if "age" in table.columns:
-        numeric = pd.to_numeric(table["age"], errors="coerce")
-        odd = sorted(set(table.loc[numeric.isna() & table["age"].notna(), "age"]))
+        ages = [finite_float(v) for v in table["age"]]
+        odd = sorted({str(v) for v, a in zip(table["age"], ages) if a is None and v})
         if odd:  # e.g. "89+", which BIDS allows for de-identification
             LOG.warning("%s: ages %s are not numbers; treated as unknown", path, odd[:5])
-        table["age"] = numeric
-    return table.drop_duplicates("participant_id").set_index("participant_id")
+        table["age"] = pd.Series(ages, index=table.index, dtype=float)
+    return table.set_index("participant_id")
 
 
 def read_session_ages(bids_dir: Path | str | None) -> dict[tuple[str, str], float]:
@@ -75,9 +122,8 @@ def read_session_ages(bids_dir: Path | str | None) -> dict[tuple[str, str], floa
         path = sub / f"{sub.name}_sessions.tsv"
         if not path.is_file():
             continue
-        with open(path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                age = finite_float(row.get("age"))
-                if row.get("session_id") and age is not None:
-                    ages[(sub.name, row["session_id"])] = age
+        for row in read_table(path)[1]:
+            age = finite_float(row.get("age"))
+            if row.get("session_id") and age is not None:
+                ages[(sub.name, row["session_id"])] = age
     return ages

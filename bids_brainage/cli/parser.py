@@ -23,8 +23,10 @@ def _label(value: str) -> str:
     for prefix in ("sub-", "ses-"):
         if value.startswith(prefix):
             value = value[len(prefix):]
-    if not value or not value.isalnum():
-        raise argparse.ArgumentTypeError(f"invalid label {value!r}: BIDS labels are alphanumeric")
+    # ASCII letters and digits only (BIDS): also refuses "../x", "a/b" and "Müller"
+    if not value or not (value.isascii() and value.isalnum()):
+        raise argparse.ArgumentTypeError(f"invalid label {value!r}: BIDS labels are letters "
+                                         "and digits (A-Z, a-z, 0-9)")
     return value
 
 

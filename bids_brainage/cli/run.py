@@ -28,6 +28,8 @@ def _setup_logging(verbose: int) -> None:
     LOG.handlers[:] = [handler]
     LOG.setLevel(level)
     LOG.propagate = False
+    # other libraries' warnings (matplotlib building its font cache, ...) only with -v
+    logging.getLogger().setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 def _is_within(path: Path, parent: Path) -> bool:
@@ -47,7 +49,8 @@ def _writable(folder: Path) -> bool:
 def check_paths(settings) -> int | None:
     """Exit code for unusable paths (None when all is well); messages name the path."""
     if not settings.bids_dir.is_dir():
-        LOG.error("input folder %s does not exist", settings.bids_dir)
+        LOG.error("input folder %s %s", settings.bids_dir,
+                  "is a file, not a folder" if settings.bids_dir.exists() else "does not exist")
         return EXIT_NO_INPUT
     if settings.analysis_level == "participant" and not (
         settings.bids_dir / "dataset_description.json"
@@ -74,11 +77,29 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
     _setup_logging(args.verbose)
+    try:
+        return _main(args)
+    except KeyboardInterrupt:
+        LOG.error("interrupted; rerun the same command to resume (finished steps are reused)")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a message, not a traceback, unless -v
+        LOG.error("%s: %s", type(exc).__name__, exc, exc_info=args.verbose > 0)
+        if not args.verbose:
+            LOG.error("this is a bug or an input we did not foresee; rerun with -v for the "
+                      "traceback and report it")
+        return EXIT_FAILED
+
+
+def _main(args) -> int:
     if args.analysis_level not in LEVELS:
         LOG.error("unknown analysis level %r; choose participant or group", args.analysis_level)
         return EXIT_UNKNOWN_LEVEL
 
-    from bids_brainage.config import Settings, apply_thread_environment
+    from bids_brainage.config import (
+        Settings,
+        apply_offline_environment,
+        apply_thread_environment,
+    )
 
     settings = Settings.from_args(args)
     if args.work_dir is None and settings.work_dir.parent != settings.output_dir.parent:
@@ -89,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     apply_thread_environment(settings)
-    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    apply_offline_environment(settings)
     if settings.analysis_level == "group":
         from bids_brainage.levels.group import run_group
 
@@ -104,7 +125,8 @@ def _participant(settings) -> int:
 
     if not settings.skip_bids_validation:
         try:
-            warnings = validate_bids(settings.bids_dir)
+            warnings = validate_bids(settings.bids_dir, cache_dir=settings.work_dir / ".cache"
+                                     / "deno")
         except BIDSError as exc:
             LOG.error("%s", exc)
             return EXIT_INVALID_BIDS
@@ -117,6 +139,12 @@ def _participant(settings) -> int:
         verify_all(cards, list(cards))  # every file: an altered directory is not trusted
     except ModelError as exc:
         LOG.error("%s", exc)
+        return EXIT_USAGE
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a card without a name...
+        from bids_brainage.models.registry import CARD_FILE, model_dir_or_default
+
+        LOG.error("%s is malformed (%s: %s); not a usable model card",
+                  model_dir_or_default(settings.model_dir) / CARD_FILE, type(exc).__name__, exc)
         return EXIT_USAGE
     from bids_brainage.levels.participant import run_participant
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,9 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose == 0 else logging.DEBUG,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bids_brainage.config import OFFLINE_ENVIRONMENT
+
+    os.environ.update(OFFLINE_ENVIRONMENT)  # no update checks, before nipype is imported
     from bids_brainage.training.train import run
 
     return run(args)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from nipype.interfaces.base import SimpleInterface
 
+from bids_brainage.pause import pause_point
+
 
 class TimedInterface(SimpleInterface):
     """A SimpleInterface whose ``_run`` is timed into the ``seconds`` output."""
@@ -14,6 +16,7 @@ class TimedInterface(SimpleInterface):
         start = time.perf_counter()
         self._run(Path(runtime.cwd))
         self._results["seconds"] = round(time.perf_counter() - start, 3)
+        pause_point(type(self).__name__)  # kill-and-resume tests stop a run here
         return runtime
 
     def _run(self, cwd: Path):  # pragma: no cover - abstract

@@ -96,7 +96,8 @@ class SkullStrip(TimedInterface):
         else:
             mask = nonzero_mask(np.asanyarray(img.dataobj))
         if not mask.any():
-            raise ValueError(f"{self.inputs.in_file}: skull stripping ({method}) found no brain")
+            # the conformed copy in the work dir is not the user's file: the caller names that
+            raise ValueError(f"skull stripping ({method}) found no brain")
         self._results["out_mask"] = _save(mask, img, cwd / "mask_raw.nii.gz", np.uint8)
         self._results["method_used"] = method
 

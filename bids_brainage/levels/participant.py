@@ -1,27 +1,36 @@
-"""Participant level: discover the T1w images, run the nipype workflow, record failures."""
+"""Participant level: discover the T1w images, run the nipype workflow, record failures.
+
+Also how nipype runs here: its settings (applied in the worker processes too, which start
+with nipype's defaults), one progress line per image and step, and the work-dir lock.
+"""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
 import re
+import time
 from pathlib import Path
 
 from bids_brainage.bids.layout import find_t1w
 from bids_brainage.bids.participants import participant_age, read_participants
 from bids_brainage.bids.derivatives import output_names, write_dataset_description, write_failure
+from bids_brainage.io import InputError, check_input_file, remove_stale_temporaries, work_dir_lock
 
 LOG = logging.getLogger("bids_brainage.participant")
 _NODE_LINE = re.compile(r"^Node: (\S+)", re.M)
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+# the steps a progress line is printed for, and the words it uses
+STEP_NAMES = {"conform": "conform", "skull_strip": "skull strip",
+              "largest_component": "largest component", "n4": "N4", "register": "registration",
+              "normalize": "normalisation", "predict": "prediction",
+              "ds_brainage": "outputs written"}
 
 
-def configure_nipype(settings, crash_dir: Path) -> None:
-    """nipype settings that matter here: fast polling, content hashes, text crash files."""
-    os.environ.setdefault("NIPYPE_NO_ET", "1")
-    from nipype import config, logging as nlogging
-
-    config.update_config({
+def nipype_settings(settings, crash_dir: Path) -> dict:
+    """nipype settings that matter here: fast polling, content hashes, text crash files,
+    and quiet logs unless ``-v``."""
+    return {
         "execution": {
             "poll_sleep_duration": 0.1,  # 2 s by default: 26 s of idling for 12 nodes
             "hash_method": "content",
@@ -33,10 +42,98 @@ def configure_nipype(settings, crash_dir: Path) -> None:
             "check_version": False,
         },
         "monitoring": {"enabled": False},
-        "logging": {"workflow_level": "INFO" if settings.verbose else "WARNING",
-                    "interface_level": "WARNING"},
-    })
+        # without -v our own lines say what happened (nipype would add a crash report each)
+        "logging": {"workflow_level": "INFO" if settings.verbose else "CRITICAL",
+                    "interface_level": "WARNING", "utils_level": "WARNING",
+                    "filemanip_level": "WARNING"},
+    }
+
+
+def apply_nipype_settings(values: dict) -> None:
+    """Apply :func:`nipype_settings` in this process (the main one or a worker)."""
+    os.environ["NIPYPE_NO_ET"] = "1"  # no etelemetry version check over the network
+    from nipype import config, logging as nlogging
+
+    config.update_config(values)
     nlogging.update_logging(config)
+
+
+def configure_nipype(settings, crash_dir: Path) -> dict:
+    values = nipype_settings(settings, crash_dir)
+    apply_nipype_settings(values)
+    return values
+
+
+def _init_worker(cwd: str, values: dict) -> None:
+    """Pool initialiser: nipype's own, then our settings (a forkserver worker starts from
+    nipype's defaults: INFO logs, timestamp hashes)."""
+    from nipype.pipeline.plugins.multiproc import process_initializer
+
+    process_initializer(cwd)
+    apply_nipype_settings(values)
+
+
+def multiproc_plugin(plugin_args: dict, values: dict):
+    """nipype's MultiProc plugin whose worker processes get our nipype settings."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from nipype.pipeline.plugins.multiproc import MultiProcPlugin
+
+    plugin = MultiProcPlugin(plugin_args=plugin_args)
+    plugin.pool.shutdown(wait=False)  # no worker has started yet: replace the pool
+    plugin.pool = ProcessPoolExecutor(
+        max_workers=plugin.processors, initializer=_init_worker,
+        initargs=(plugin._cwd, values),
+        mp_context=multiprocessing.get_context(plugin_args.get("mp_context")),
+    )
+    return plugin
+
+
+class Progress:
+    """nipype's status callback (main process): one line per image and step.
+
+    MultiProc announces the start of the steps it submits and the end of every step, a
+    cached one included; Linear announces both for every step, and an end for the steps it
+    skips after a failure. A step is reused when its result file predates it.
+    """
+
+    def __init__(self, images):
+        self.prefixes = {f"{image.node_name}_wf": image.prefix for image in images}
+        self.started: dict[str, tuple[float, int | None]] = {}
+        self.failed: set[str] = set()
+
+    @staticmethod
+    def _result_mtime(node) -> int | None:
+        try:
+            return (Path(node.output_dir()) / f"result_{node.name}.pklz").stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def __call__(self, node, status: str) -> None:
+        step = STEP_NAMES.get(node.name)
+        if step is None:
+            return
+        parts = node.fullname.split(".")
+        prefix = next((self.prefixes[p] for p in parts if p in self.prefixes), parts[0])
+        if status == "start":
+            self.started[node.fullname] = (time.monotonic(), self._result_mtime(node))
+            return
+        start, before = self.started.pop(node.fullname, (None, None))
+        if status == "exception":
+            self.failed.add(prefix)
+            LOG.info("%s: %s failed", prefix, step)
+        elif start is not None:
+            if before is not None and before == self._result_mtime(node):
+                LOG.info("%s: %s reused from the work dir", prefix, step)
+            else:
+                LOG.info("%s: %s done (%.1f s)", prefix, step, time.monotonic() - start)
+        elif prefix in self.failed:  # skipped after its image failed
+            return
+        elif node.run_without_submitting:  # MultiProc ran it in this process, unannounced
+            LOG.info("%s: %s", prefix, step)
+        else:
+            LOG.info("%s: %s reused from the work dir", prefix, step)
 
 
 def _crash_reason(text: str) -> str | None:
@@ -71,55 +168,84 @@ def choose_threads(settings, n_images: int):
     return dataclasses.replace(settings, omp_nthreads=omp)
 
 
+def naming_once(path: Path, reason: str) -> str:
+    """``path: reason``, unless the reason already names the file (an InputError does)."""
+    return reason if str(path) in reason else f"{path}: {reason}"
+
+
 def run_participant(settings, *, predict: bool = True) -> int:
-    """Run participant level; returns 0, or 1 when any image failed (others are written)."""
+    """Run participant level; returns 0, or 1 when any image failed (others are written).
+
+    Holds the work dir for the whole run: a second run given the same one waits.
+    """
+    with work_dir_lock(settings.work_dir, LOG):
+        return _run_participant(settings, predict=predict)
+
+
+def _run_participant(settings, *, predict: bool) -> int:
     participants = read_participants(settings.bids_dir)
     images = find_t1w(settings.bids_dir, settings.participant_label, settings.session_label)
     settings = choose_threads(settings, len(images))
     LOG.info("%d T1w image(s) of %d participant(s)", len(images),
              len({im.subject for im in images}))
+    for folder in {settings.output_dir, settings.output_dir / "logs",
+                   *(settings.output_dir / im.anat_dir for im in images)}:
+        remove_stale_temporaries(folder)  # left by a run killed while writing
     write_dataset_description(settings.output_dir, settings.bids_dir)
     settings.write_toml(settings.output_dir / "logs")
     ages = {pid: participant_age(row) for pid, row in participants.items()}
 
+    failures = {}
+    for image in images:  # links to absent annex content, unreadable or empty files
+        try:
+            check_input_file(image.path)
+        except InputError as exc:
+            failures[image] = str(exc)
+    runnable = [im for im in images if im not in failures]
     crash_dir = settings.work_dir / "crash" / settings.run_uuid
-    configure_nipype(settings, crash_dir)
-    from bids_brainage.workflows.participant import init_participant_wf
-
-    workflow = init_participant_wf(images=images, settings=settings, ages=ages, predict=predict)
-    # forkserver: a forked worker of a process that already ran torch/OpenMP threads (a test
-    # session, the training command) can hang on its first parallel operation
-    plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False,
-                   "maxtasksperchild": 1000, "mp_context": "forkserver"}
-    try:
-        workflow.run(plugin="MultiProc" if settings.nprocs > 1 else "Linear",
-                     plugin_args=plugin_args)
-    except RuntimeError as exc:  # nipype raises once at the end when any node crashed
-        LOG.debug("nipype: %s", exc)
-
-    failures = crash_messages(crash_dir)
-    failed = []
-    for image in images:
-        reason = failures.get(f"{image.node_name}_wf")
+    values = configure_nipype(settings, crash_dir)
+    if runnable:
+        _run_workflow(settings, runnable, ages, predict, values)
+    crashes = crash_messages(crash_dir)
+    for image in runnable:
+        reason = crashes.get(f"{image.node_name}_wf")
         tsv = settings.output_dir / image.anat_dir / output_names(image.prefix)["tsv"]
         if reason is None and tsv.exists():
             continue
-        reason = reason or "no output was written"
-        failed.append(image)
-        LOG.error("%s: %s", image.path, reason)
+        failures[image] = naming_once(image.path, reason or "no output was written")
+    for image in images:
+        if image not in failures:
+            continue
+        LOG.error("%s", failures[image])
         write_failure(
             output_dir=settings.output_dir, anat_dir=str(image.anat_dir), prefix=image.prefix,
             entities={"participant_id": f"sub-{image.subject}",
                       "session_id": f"ses-{image.session}" if image.session else "n/a",
                       "run": image.run or "n/a"},
             age=ages.get(f"sub-{image.subject}"),
-            source=str(image.path.relative_to(settings.bids_dir)), message=reason,
+            source=str(image.path.relative_to(settings.bids_dir)), message=failures[image],
             settings=settings.to_dict(),
         )
     if settings.reports:
         from bids_brainage.reports.participant import write_reports
 
         write_reports(settings, images)
-    ok = len(images) - len(failed)
-    LOG.info("participant level: %d image(s) done, %d failed", ok, len(failed))
-    return 1 if failed else 0
+    LOG.info("participant level: %d image(s) done, %d failed", len(images) - len(failures),
+             len(failures))
+    return 1 if failures else 0
+
+
+def _run_workflow(settings, images, ages, predict: bool, values: dict) -> None:
+    from bids_brainage.workflows.participant import init_participant_wf
+
+    workflow = init_participant_wf(images=images, settings=settings, ages=ages, predict=predict)
+    # forkserver: a forked worker of a process that already ran torch/OpenMP threads (a test
+    # session, the training command) can hang on its first parallel operation
+    plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False,
+                   "maxtasksperchild": 1000, "mp_context": "forkserver",
+                   "status_callback": Progress(images)}
+    plugin = (multiproc_plugin(plugin_args, values) if settings.nprocs > 1 else "Linear")
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as exc:  # nipype raises once at the end when any node crashed
+        LOG.debug("nipype: %s", exc)

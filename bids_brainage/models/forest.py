@@ -41,7 +41,12 @@ def save_forest(model, path: Path) -> Path:
 
 def load_forest(path: Path):
     """Load a forest file; call only on a file already verified against its card's sha256
-    (a joblib file can run code when loaded, so only trusted, checked files are opened)."""
+    (a joblib file can run code when loaded, so only trusted, checked files are opened).
+    A ``.npz`` file is a linear model stored as plain arrays (``models.linear``): no code."""
+    if Path(path).suffix == ".npz":
+        from bids_brainage.models.linear import load_linear
+
+        return load_linear(path)
     import joblib
 
     model = joblib.load(path)

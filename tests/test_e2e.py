@@ -46,9 +46,11 @@ def test_example_predictions_are_within_15_years(example_run):
         for row in rows:
             assert row["status"] == "ok" and row["message"] == "n/a"
             predicted = float(row["predicted_age"])
-            # measured: the largest error is the ResNet's on IXI161 (77.5 for 65.1 y) and the
-            # ensemble's on IXI095 (33.7 for 24.9 y); the cards' test MAEs are 5.1-7.3 y
-            limit = 15
+            # measured (models fitted on all 138 pool images): the largest errors are on
+            # IXI095 (24.9 y): tissue 41.0, ensemble 38.2, rf 32.9; the nested-CV MAEs are
+            # 5.7-6.3 y with 90 % intervals of about ±12-14 y. Exact values:
+            # tests/test_pinned_predictions.py
+            limit = 15 if row["model"] == "ensemble" else 20
             assert abs(predicted - age) <= limit, (label, row)
             assert float(row["age"]) == age  # joined from participants.tsv
 
@@ -172,8 +174,8 @@ def test_one_mm_version_predicts_like_the_two_mm_original(tmp_path, example_run)
     two = {k: v for k, v in predictions(out2).items() if k[0] == "sub-IXI095"}
     assert one.keys() == two.keys() and one
     for key in one:
-        # measured on IXI095: rf 1.7, morph 1.6, resnet34 3.0, ensemble 0.1 years; the cards'
-        # "res1" figures over 5 validation images: rf 1.3, morph 1.2, resnet34 1.5,
-        # ensemble <= 1.25
-        limit = 2.0 if key[1] == "rf" else 4.0
+        # measured on IXI095 with the models fitted on all 138: rf -2.5, tissue +2.7,
+        # ensemble +0.85 years; the cards' "res1" figures over 5 pool images the gate's models
+        # never saw: rf 0.87 (worst 1.5), tissue 1.47 (2.2), ensemble 0.95 (1.5)
+        limit = 2.0 if key[1] == "ensemble" else 3.5
         assert abs(one[key] - two[key]) <= limit, (key, one[key], two[key])

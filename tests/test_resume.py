@@ -100,7 +100,7 @@ def comparable(path: Path) -> bytes:
     data = path.read_bytes()
     if path.name.endswith("_brainage.json"):
         sidecar = json.loads(data)
-        sidecar.pop("timings")
+        sidecar.pop("timings", None)
         return json.dumps(sidecar, sort_keys=True).encode()
     if path.suffix == ".html":
         text = data.decode()

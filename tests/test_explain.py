@@ -78,3 +78,77 @@ def test_enlarged_ventricles_come_out_on_top(example_run):
     assert top[0] in (51, 52), [names.get(k) for k in top]  # measured: right lateral ventricle
     assert set(top) <= touched, ([names.get(k) for k in top], delta)
     assert sum(delta.values()) > 0.2  # measured +0.6 y: larger ventricles look older
+
+
+def _template_brain():
+    from bids_brainage.preproc.template import template_2mm, template_mask
+
+    tpl = template_2mm()
+    return tpl.get_fdata(dtype=np.float32), template_mask(tpl)
+
+
+def test_occlusion_rows_are_the_histogram_without_each_region():
+    """Row 0 is the forest's input; each other row is the forest's input made on the brain
+    without that region (the whole brain's tissue class means kept)."""
+    from bids_brainage.features.histogram import intensity_histogram
+    from bids_brainage.models.predict import model_inputs, model_region, tissue_fractions
+    from bids_brainage.models.registry import load_cards
+    from bids_brainage.preproc.normalize import log_tissue_normalise
+
+    data, mask = _template_brain()
+    spec = load_cards()["rf"]["input"]
+    rows, present = explain.histogram_occlusion_inputs(data, mask, spec)
+    assert rows.shape == (present.size + 1, 103)
+    np.testing.assert_allclose(rows[0], model_inputs(data, mask, spec), atol=1e-5)
+    region = model_region(mask, spec)
+    _, whole = log_tissue_normalise(data, region, method=spec["normalization"])
+    labels, _ = explain.atlas()
+    for k in (0, present.size // 2, present.size - 1):
+        without = region & (labels != present[k])
+        norm, info = log_tissue_normalise(data, without, method=spec["normalization"])
+        # the whole brain's class means (log units), in this normalisation's units
+        info["peaks"] = {c: (p - whole["shift"]) / whole["scale"] * info["scale"] + info["shift"]
+                         for c, p in whole["peaks"].items()}
+        direct = np.concatenate([
+            intensity_histogram(norm, without, spec["normalization"], spec["bins"])[0],
+            tissue_fractions(norm, without, info)])
+        np.testing.assert_allclose(rows[k + 1], direct, atol=1e-4)
+
+
+def test_occlusion_finds_a_region_painted_dark():
+    """Paint one large region with CSF-like intensities: the forest's occlusion value of that
+    region changes most of all regions, and in the older direction."""
+    from bids_brainage.models.forest import load_forest
+    from bids_brainage.models.registry import load_cards, verified_file
+
+    data, mask = _template_brain()
+    card = load_cards()["rf"]
+    model = load_forest(verified_file(card))
+    labels, names = explain.atlas()
+    target = 81  # Frontal Lobe White Matter Right
+    csf = np.percentile(data[mask], 5)
+    painted = np.where(labels == target, csf, data).astype(np.float32)
+
+    def regions(volume):
+        rows = explain.forest_occlusion(model, volume, mask, card["input"])["regions"]
+        return {r["index"]: r["years"] for r in rows}
+
+    before, after = regions(data), regions(painted)
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
+    top = sorted(delta, key=lambda k: -abs(delta[k]))
+    assert top[0] == target, [(names.get(k), round(delta[k], 2)) for k in top[:5]]
+    assert delta[target] > 1.0
+
+
+def test_combined_map_is_the_sum_of_its_members():
+    labels, _ = explain.atlas()
+    rng = np.random.default_rng(1)
+    a = {"map": rng.normal(0, 1e-3, labels.shape), "method": "exact linear contributions",
+         "weight": 0.6, "total_years": 1.0, "training_mean": 45.0}
+    b = {"map": rng.normal(0, 1e-3, labels.shape), "method": "occlusion", "weight": 0.4,
+         "total_years": None}
+    out = explain.combine({"tissue": a, "rf": b}, "ensemble")
+    np.testing.assert_allclose(out["map"], a["map"] + b["map"])
+    assert out["members"]["rf"]["method"] == "occlusion" and out["weight"] == 1.0
+    assert out["total_years"] == 1.0  # the linear member's; occlusion values do not add up
+    assert sum(r["years"] for r in out["regions"]) == pytest.approx(out["map"].sum(), abs=1e-2)

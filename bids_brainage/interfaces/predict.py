@@ -30,7 +30,7 @@ class _PredictInputSpec(BaseInterfaceInputSpec):
 
 class _PredictOutputSpec(TraitedSpec):
     out_json = File(exists=True, desc="rows and the cards used")
-    contrib_map = File(desc="the tissue member's contributions (years), 2 mm MNI grid")
+    contrib_map = File(desc="the ensemble members' contributions (years), 2 mm MNI grid")
     seconds = traits.Float()
 
 

@@ -6,8 +6,17 @@ exactly the training mean plus the sum of per-feature contributions
 voxel of the template brain (4 mm), so a voxel's contribution is its GM term plus its WM
 term; summed over the regions of the bundled DLMUSE atlas they say which regions made the
 brain look older (positive) or younger (negative) than the training mean. In the ensemble,
-the map is the tissue member's contributions times its weight; the forest reads a
-whole-brain histogram and has no place in the brain (its share is reported as a number).
+the map is the tissue member's contributions times its weight.
+
+The forest reads a whole-brain histogram (and tissue fractions), which has no place in the
+brain and no additive decomposition. Its map is an **occlusion** map: for each atlas region,
+the forest's prediction with the region's voxels left out (its histogram, normalisation
+anchors and tissue fractions made again from the remaining voxels) is subtracted from its prediction on the whole
+brain, times its ensemble weight. A region whose voxels look old (e.g. dark, CSF-like
+intensities where tissue should be) gets a positive value. Occlusion values are
+sensitivities: unlike the linear contributions they need not add up to the member's
+distance from the training mean. The ensemble's map is the sum of its members' maps, each
+region's years spread evenly over its voxels.
 """
 from __future__ import annotations
 
@@ -87,6 +96,13 @@ def region_contributions(contribution_map: np.ndarray) -> list[dict]:
     return sorted(rows, key=lambda r: -abs(r["years"]))
 
 
+def _summary(contribution_map: np.ndarray) -> dict:
+    regions = region_contributions(contribution_map)
+    return {"older": [r for r in regions if r["years"] > 0][:TOP_REGIONS],
+            "younger": [r for r in regions if r["years"] < 0][:TOP_REGIONS],
+            "regions": regions}
+
+
 def explain(model, x: np.ndarray, weight: float = 1.0) -> dict | None:
     """The contribution map (2 mm MNI grid, years) and the top regions of a tissue member
     whose ensemble weight is ``weight``; None when the model is not linear."""
@@ -95,9 +111,83 @@ def explain(model, x: np.ndarray, weight: float = 1.0) -> dict | None:
         return None
     contributions, base = parts
     contribution_map = tissue_map(contributions * weight)
-    regions = region_contributions(contribution_map)
     return {"map": contribution_map, "weight": weight, "training_mean": round(base, 3),
+            "method": "exact linear contributions",
             "total_years": round(float(contributions.sum() * weight), 3),
-            "older": [r for r in regions if r["years"] > 0][:TOP_REGIONS],
-            "younger": [r for r in regions if r["years"] < 0][:TOP_REGIONS],
-            "regions": regions}
+            **_summary(contribution_map)}
+
+
+def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
+    """The forest's input on the whole brain (row 0) and with each atlas region left out
+    (one row per region), and the regions.
+
+    Row 0 is exactly ``model_inputs(mni, mask, spec)``. Without a region, the input is made
+    again from the remaining voxels (their percentiles anchor the log normalisation), with
+    the whole brain's tissue class means kept (a mixture fit per region would cost seconds
+    and move little).
+    """
+    from bids_brainage.features.histogram import HIST_RANGE
+    from bids_brainage.models.predict import model_inputs, model_region
+    from bids_brainage.preproc.normalize import LOG_ANCHOR_QUANTILES, log_tissue_normalise
+
+    method = spec.get("normalization")
+    if spec.get("feature") != "histogram+tissue" or method not in ("logquantile", "loggmm"):
+        raise ValueError(f"occlusion needs a histogram+tissue input with a log "
+                         f"normalisation, not {spec}")
+    region = model_region(mask, spec)
+    _, info = log_tissue_normalise(mni, region, method=method)
+    logs = np.log(np.maximum(np.asarray(mni, np.float64)[region], info["log_floor"]))
+    # the class means of the log intensities, as the whole brain's mixture found them
+    means = np.array([(info["peaks"][k] - info["shift"]) / info["scale"]
+                      for k in ("CSF", "GM", "WM")])
+    labels, _ = atlas()
+    where = labels[region]
+    present = np.array([r for r in np.unique(where) if r > 0], np.int64)
+    bins = int(spec.get("bins", 100))
+    lo, hi = HIST_RANGE[method]
+    rows = [model_inputs(mni, mask, spec)]
+    for r in present:
+        kept = logs[where != r]
+        if method == "logquantile":
+            low, high = np.percentile(kept, LOG_ANCHOR_QUANTILES)
+        else:
+            low, high = means[0], means[2]
+        norm = (kept - low) / (high - low)
+        density, _ = np.histogram(norm, bins=bins, range=(lo, hi), density=True)
+        peaks = np.sort((means - low) / (high - low))
+        nearest = np.searchsorted((peaks[1:] + peaks[:-1]) / 2, norm)
+        rows.append(np.concatenate([density, np.bincount(nearest, minlength=3) / norm.size]))
+    return np.vstack(rows), present
+
+
+def forest_occlusion(model, mni: np.ndarray, mask: np.ndarray, spec: dict,
+                     weight: float = 1.0) -> dict:
+    """The occlusion map of a histogram forest (2 mm MNI grid, years × ``weight``)."""
+    inputs, present = histogram_occlusion_inputs(mni, mask, spec)
+    predicted = np.asarray(model.predict(inputs), float)
+    years = (predicted[0] - predicted[1:]) * weight
+    labels, _ = atlas()
+    sizes = np.bincount(labels.ravel().clip(0), minlength=int(labels.max()) + 1)
+    per_voxel = np.zeros(sizes.size)
+    per_voxel[present] = years / np.maximum(sizes[present], 1)
+    occlusion_map = np.where(labels > 0, per_voxel[labels.clip(0)], 0.0).astype(np.float32)
+    return {"map": occlusion_map, "weight": weight, "prediction": round(float(predicted[0]), 3),
+            "method": "occlusion (each region left out of its input)",
+            "total_years": None,  # sensitivities do not add up
+            **_summary(occlusion_map)}
+
+
+def combine(parts: dict[str, dict], of: str) -> dict:
+    """One map for an ensemble: the sum of its members' maps, with each member's method,
+    weight and years in ``members``."""
+    contribution_map = sum(part["map"] for part in parts.values())
+    members = {name: {k: part[k] for k in ("method", "weight", "total_years")}
+               for name, part in parts.items()}
+    tissue = [n for n, p in parts.items() if p["method"].startswith("exact")]
+    return {"map": contribution_map, "of": of, "model": " + ".join(parts),
+            "members": members,
+            "weight": round(sum(p["weight"] for p in parts.values()), 3),
+            "training_mean": parts[tissue[0]]["training_mean"] if tissue else None,
+            "total_years": round(sum(p["total_years"] for p in parts.values()
+                                 if p["total_years"] is not None), 3),
+            **_summary(contribution_map)}

@@ -174,22 +174,35 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
                      "flag": flag})
     details = {"reliability": assessment}
     if explain:
-        details["contributions"] = explain_tissue(cards, names, ensembles, inputs)
+        details["contributions"] = explain_models(cards, names, ensembles, inputs, mni, mask)
     return rows, details
 
 
-def explain_tissue(cards, names, ensembles, inputs) -> dict | None:
-    """The tissue member's contributions, weighted as in the (first) ensemble."""
-    from bids_brainage.models.explain import explain
+def explain_models(cards, names, ensembles, inputs, mni, mask) -> dict | None:
+    """Why this age, per region: the first ensemble's members, each times its weight (the
+    linear tissue member exactly, the histogram forest by occlusion), or the one model run
+    alone; None when no model can be mapped."""
+    from bids_brainage.models import explain
     from bids_brainage.models.forest import load_forest
 
-    for name in names:
+    if ensembles:
+        weights = {m: float(w) for m, w in ensembles[0]["members"].items() if m in cards}
+        of = ensembles[0]["name"]
+    else:
+        weights, of = {n: 1.0 for n in names[:1]}, names[0] if names else ""
+    parts = {}
+    for name, weight in weights.items():
         card = cards[name]
-        if card.get("input", {}).get("feature") != "tissue" or card.get("kind") != "ridge":
+        feature = card.get("input", {}).get("feature")
+        if weight == 0 or card.get("kind") not in ("ridge", "forest"):
             continue
-        weight = float(ensembles[0]["members"].get(name, 0.0)) if ensembles else 1.0
-        out = explain(load_forest(verified_file(card)), inputs(card["input"]), weight)
-        if out is not None:
-            out.update(model=name, of=ensembles[0]["name"] if ensembles else name)
-        return out
-    return None
+        model = load_forest(verified_file(card))
+        if feature == "tissue" and card.get("kind") == "ridge":
+            part = explain.explain(model, inputs(card["input"]), weight)
+        elif feature == "histogram+tissue" and card["input"].get("normalization", "").startswith("log"):
+            part = explain.forest_occlusion(model, mni, mask, card["input"], weight)
+        else:
+            part = None
+        if part is not None:
+            parts[name] = part
+    return explain.combine(parts, of) if parts else None

@@ -139,10 +139,19 @@ prediction is an indication, not a measurement.</div>
 {% endif %}
 {% if image.contributions %}
 <h3>Why this age</h3>
+{% if image.contributions.members %}
+<p>What moved the {{ image.contributions.of }}'s prediction, by region (DLMUSE atlas), in
+years: each member's map times its weight,
+{% for name, m in image.contributions.members.items() %}{{ name }} by {{ m.method }}
+(weight {{ m.weight | fmt(2) }}{% if m.total_years is not none %}, {{ m.total_years | fmt(1) }} y from the training mean{% endif %}){% if not loop.last %}; {% endif %}{% endfor %}.
+Linear contributions add up to the member's distance from the training mean; occlusion values
+are sensitivities (the prediction without the region) and need not.</p>
+{% else %}
 <p>The {{ image.contributions.model }} model's part of the {{ image.contributions.of }}
 (weight {{ image.contributions.weight | fmt(2) }}) moved the prediction
 {{ image.contributions.total_years | fmt(1) }} years from the training mean; by region
 (DLMUSE atlas), in years:</p>
+{% endif %}
 <table class="contributions"><tr><th>older-looking</th><th>years</th><th>younger-looking</th><th>years</th></tr>
 {% for i in range([image.contributions.older | length, image.contributions.younger | length] | max) %}
 <tr><td>{{ image.contributions.older[i].region if i < image.contributions.older | length else '' }}</td>

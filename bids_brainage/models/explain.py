@@ -145,19 +145,63 @@ def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     present = np.array([r for r in np.unique(where) if r > 0], np.int64)
     bins = int(spec.get("bins", 100))
     lo, hi = HIST_RANGE[method]
+    quantiles = np.asarray(LOG_ANCHOR_QUANTILES, float) / 100.0
+    # counting in sorted arrays, no voxel binned twice: each row is the whole brain's counts
+    # minus the region's, below edges set by that row's anchors
+    order = np.argsort(where, kind="stable")
+    starts = np.searchsorted(where[order], present)
+    ends = np.searchsorted(where[order], present, side="right")
+    full = np.sort(logs)
     rows = [model_inputs(mni, mask, spec)]
-    for r in present:
-        kept = logs[where != r]
+    for r, a, b in zip(present, starts, ends):
+        removed = np.sort(logs[order[a:b]])
+        kept = full.size - removed.size
         if method == "logquantile":
-            low, high = np.percentile(kept, LOG_ANCHOR_QUANTILES)
+            low, high = _percentiles(full, removed, quantiles)
         else:
             low, high = means[0], means[2]
-        norm = (kept - low) / (high - low)
-        density, _ = np.histogram(norm, bins=bins, range=(lo, hi), density=True)
-        peaks = np.sort((means - low) / (high - low))
-        nearest = np.searchsorted((peaks[1:] + peaks[:-1]) / 2, norm)
-        rows.append(np.concatenate([density, np.bincount(nearest, minlength=3) / norm.size]))
+        span = high - low
+        edges = low + span * np.linspace(lo, hi, bins + 1)
+        below = (np.searchsorted(full, edges[:-1]) - np.searchsorted(removed, edges[:-1]))
+        top = (np.searchsorted(full, edges[-1], side="right")
+               - np.searchsorted(removed, edges[-1], side="right"))
+        counts = np.diff(np.append(below, top)).astype(float)
+        density = counts / (max(counts.sum(), 1.0) * (hi - lo) / bins)
+        peaks = np.sort(means)
+        cuts = (peaks[1:] + peaks[:-1]) / 2  # nearest class mean: cut halfway between them
+        at_or_below = (np.searchsorted(full, cuts, side="right")
+                       - np.searchsorted(removed, cuts, side="right"))
+        classes = np.diff(np.concatenate([[0], at_or_below, [kept]])) / max(kept, 1)
+        rows.append(np.concatenate([density, classes]))
     return np.vstack(rows), present
+
+
+def _percentiles(full: np.ndarray, removed: np.ndarray, quantiles) -> np.ndarray:
+    """``np.percentile`` (linear) of the sorted ``full`` without the sorted ``removed`` (a
+    part of it), by bisection on counts instead of copying what is kept.
+
+    >>> rng = np.random.default_rng(0); x = rng.normal(size=1000); gone = x[::7]
+    >>> kept = np.setdiff1d(np.arange(1000), np.arange(0, 1000, 7))
+    >>> got = _percentiles(np.sort(x), np.sort(gone), np.array([0.1, 0.9]))
+    >>> bool(np.allclose(got, np.percentile(x[kept], [10, 90])))
+    True
+    """
+    size = full.size - removed.size
+    position = quantiles * (size - 1)
+    index = np.floor(position).astype(np.int64)
+    wanted = np.concatenate([index, np.minimum(index + 1, size - 1)])
+    low, high = np.zeros(wanted.size, np.int64), np.full(wanted.size, full.size - 1)
+    while np.any(low < high):  # smallest i with #kept <= full[i] above wanted
+        mid = (low + high) // 2
+        value = full[mid]
+        kept = (np.searchsorted(full, value, side="right")
+                - np.searchsorted(removed, value, side="right"))
+        above = kept >= wanted + 1
+        high = np.where(above, mid, high)
+        low = np.where(above, low, mid + 1)
+    values = full[low]
+    first, second = values[: index.size], values[index.size:]
+    return first + (position - index) * (second - first)
 
 
 def forest_occlusion(model, mni: np.ndarray, mask: np.ndarray, spec: dict,

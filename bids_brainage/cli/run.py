@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bids_brainage.timeline import mark
+
 EXIT_OK, EXIT_FAILED = 0, 1
 EXIT_INVALID_BIDS, EXIT_UNKNOWN_LEVEL, EXIT_NO_MATCH = 16, 17, 18
 EXIT_USAGE, EXIT_NO_INPUT, EXIT_CANT_WRITE = 64, 66, 73
@@ -71,14 +73,18 @@ def check_paths(settings) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     from bids_brainage.cli.parser import get_parser
 
+    mark("main")
     parser = get_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
     _setup_logging(args.verbose)
+    mark("parsed")
     try:
-        return _main(args)
+        code = _main(args)
+        mark("exit", code=code)
+        return code
     except KeyboardInterrupt:
         LOG.error("interrupted; rerun the same command to resume (finished steps are reused)")
         return 130
@@ -111,6 +117,7 @@ def _main(args) -> int:
         return code
     apply_thread_environment(settings)
     apply_offline_environment(settings)
+    mark("checked")
     if settings.analysis_level == "group":
         from bids_brainage.levels.group import run_group
 
@@ -133,6 +140,7 @@ def _participant(settings) -> int:
         if warnings:
             LOG.warning("BIDS validator: %d warning(s), e.g. %s", len(warnings),
                         "; ".join(warnings[:3]))
+        mark("validated")
     try:  # refuse a bad model directory before hours of preprocessing
         cards = load_cards(settings.model_dir)
         select_models(cards, settings.models)  # unknown names are refused here
@@ -146,6 +154,7 @@ def _participant(settings) -> int:
         LOG.error("%s is malformed (%s: %s); not a usable model card",
                   model_dir_or_default(settings.model_dir) / CARD_FILE, type(exc).__name__, exc)
         return EXIT_USAGE
+    mark("models_verified")
     from bids_brainage.levels.participant import run_participant
 
     try:

@@ -16,6 +16,7 @@ from bids_brainage.bids.layout import find_t1w
 from bids_brainage.bids.participants import participant_age, read_participants
 from bids_brainage.bids.derivatives import output_names, write_dataset_description, write_failure
 from bids_brainage.io import InputError, check_input_file, remove_stale_temporaries, work_dir_lock
+from bids_brainage.timeline import mark
 
 LOG = logging.getLogger("bids_brainage.participant")
 _NODE_LINE = re.compile(r"^Node: (\S+)", re.M)
@@ -67,10 +68,12 @@ def configure_nipype(settings, crash_dir: Path) -> dict:
 def _init_worker(cwd: str, values: dict) -> None:
     """Pool initialiser: nipype's own, then our settings (a forkserver worker starts from
     nipype's defaults: INFO logs, timestamp hashes)."""
+    mark("worker_start")
     from nipype.pipeline.plugins.multiproc import process_initializer
 
     process_initializer(cwd)
     apply_nipype_settings(values)
+    mark("worker_ready")
 
 
 def multiproc_plugin(plugin_args: dict, values: dict):
@@ -111,6 +114,7 @@ class Progress:
             return None
 
     def __call__(self, node, status: str) -> None:
+        mark(f"node_{status}", node=node.fullname)
         step = STEP_NAMES.get(node.name)
         if step is None:
             return
@@ -202,6 +206,7 @@ def _run_participant(settings, *, predict: bool) -> int:
         except InputError as exc:
             failures[image] = str(exc)
     runnable = [im for im in images if im not in failures]
+    mark("indexed", images=len(images))
     crash_dir = settings.work_dir / "crash" / settings.run_uuid
     values = configure_nipype(settings, crash_dir)
     if runnable:
@@ -230,6 +235,7 @@ def _run_participant(settings, *, predict: bool) -> int:
         from bids_brainage.reports.participant import write_reports
 
         write_reports(settings, images)
+        mark("reports_end")
     LOG.info("participant level: %d image(s) done, %d failed", len(images) - len(failures),
              len(failures))
     return 1 if failures else 0
@@ -245,7 +251,9 @@ def _run_workflow(settings, images, ages, predict: bool, values: dict) -> None:
                    "maxtasksperchild": 1000, "mp_context": "forkserver",
                    "status_callback": Progress(images)}
     plugin = (multiproc_plugin(plugin_args, values) if settings.nprocs > 1 else "Linear")
+    mark("workflow_start")
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as exc:  # nipype raises once at the end when any node crashed
         LOG.debug("nipype: %s", exc)
+    mark("workflow_end")

@@ -1,6 +1,6 @@
 """One real full-resolution head through the default command, and where its seconds go.
 
-    python benchmarks/participant.py [--runs 3] [--images ds000011,ixi1mm] [--source DIR]
+    python benchmarks/participant.py [--runs 3] [--images ds000011,ixi1mm] [--app PATH]
                                      [--app-args "..."] [--json FILE]
 
 Runs ``bids_brainage <ds> <out> participant -w <work>`` as a user types it (the console
@@ -22,9 +22,9 @@ Each run gets fresh output and work folders; then the same command runs again on
   ``BIDS_BRAINAGE_TIMELINE`` is set (:mod:`bids_brainage.timeline`);
 - the load average before and after each run: the machine may be shared.
 
-``--source DIR`` runs another checkout of the app (``PYTHONPATH=DIR``; e.g. a ``git worktree``
-of an older commit) with this Python and its packages: before/after tables taken back to
-back. ``--cohort`` belongs to ``benchmarks/cohort.py``, which reuses the pieces below.
+``--app PATH`` runs another installation's ``bids_brainage`` (e.g. an older commit's, in a
+virtual environment of its own): before/after tables taken back to back.
+``benchmarks/cohort.py`` (a whole dataset in one command) reuses the pieces below.
 """
 from __future__ import annotations
 
@@ -153,20 +153,18 @@ class TreeMemory(threading.Thread):
 
 
 # ------------------------------------------------------------------------------ one run
-def app_command() -> list[str]:
-    script = Path(sys.executable).parent / "bids_brainage"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "bids_brainage"]
+def default_app() -> Path:
+    """The ``bids_brainage`` console script installed next to this Python."""
+    return Path(sys.executable).parent / "bids_brainage"
 
 
-def run_app(args: list[str], *, source: Path | None, timeline: Path) -> dict:
+def run_app(args: list[str], *, app: Path, timeline: Path) -> dict:
     """Run the app once; its wall time, peak memory, exit code and timeline."""
     env = dict(os.environ, BIDS_BRAINAGE_TIMELINE=str(timeline))
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
     load_before = os.getloadavg()[0]
     launch = time.time()
     start = time.perf_counter()
-    proc = subprocess.Popen(app_command() + args, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(app), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     memory = TreeMemory(proc.pid)
     memory.start()
@@ -193,17 +191,17 @@ def predictions(out: Path) -> list[list[str]]:
     return rows
 
 
-def one_run(data: Path, tmp: Path, *, source, app_args: list[str]) -> dict:
+def one_run(data: Path, tmp: Path, *, app: Path, app_args: list[str]) -> dict:
     """A fresh run, then the same command again on its folders."""
     out, work = tmp / "out", tmp / "work"
     cmd = [str(data), str(out), "participant", "-w", str(work), *app_args]
-    fresh = run_app(cmd, source=source, timeline=tmp / "timeline-fresh.jsonl")
+    fresh = run_app(cmd, app=app, timeline=tmp / "timeline-fresh.jsonl")
     if fresh["rc"] != 0:
         raise SystemExit(f"run failed ({fresh['rc']}): {fresh['output'][-3000:]}")
     fresh["stages"] = sidecars(out)[0]["timings"]
     fresh["predictions"] = predictions(out)
     fresh["breakdown"] = breakdown(fresh, fresh["stages"])
-    rerun = run_app(cmd, source=source, timeline=tmp / "timeline-rerun.jsonl")
+    rerun = run_app(cmd, app=app, timeline=tmp / "timeline-rerun.jsonl")
     if rerun["rc"] != 0:
         raise SystemExit(f"rerun failed ({rerun['rc']}): {rerun['output'][-3000:]}")
     rerun["breakdown"] = breakdown(rerun, {})
@@ -330,14 +328,14 @@ def main() -> None:
     parser.add_argument("--images", default="ds000011,ixi1mm")
     parser.add_argument("--subject", default="01", help="ds000011 participant")
     parser.add_argument("--ixi-subject", default="IXI095", help="example participant")
-    parser.add_argument("--source", type=Path, help="run the app of this checkout")
+    parser.add_argument("--app", type=Path, default=default_app(),
+                        help="the bids_brainage command to run (default: this environment's)")
     parser.add_argument("--app-args", default="", help="more options for the app")
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     args = parser.parse_args()
     import nibabel as nib
 
-    source = args.source.resolve() if args.source else None
-    print(f"app: {source or ROOT}; {os.cpu_count()} CPUs; "
+    print(f"app: {args.app}; {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d %H:%M')}; load avg {os.getloadavg()[0]:.1f}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-participant-") as tmp:
@@ -350,7 +348,7 @@ def main() -> None:
             for i in range(args.runs):
                 folder = tmp / f"{name}-run{i}"
                 folder.mkdir()
-                runs.append(one_run(data, folder, source=source,
+                runs.append(one_run(data, folder, app=args.app,
                                     app_args=shlex.split(args.app_args)))
                 shutil.rmtree(folder)  # the next run starts from nothing
             print_table(name, shape, runs)

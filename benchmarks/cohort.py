@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from participant import HEADS, default_app, predictions, run_app  # noqa: E402
+from participant import HEADS, default_app, predictions, run_app, sidecars  # noqa: E402
 
 
 def per_participant(events: list[dict]) -> dict[str, float]:
@@ -48,8 +48,8 @@ def one_run(dataset: Path, tmp: Path, *, app: Path, nprocs: int, app_args) -> di
     if run["rc"] != 0:
         raise SystemExit(f"run failed ({run['rc']}): {run['output'][-3000:]}")
     run["participants"] = per_participant(run["events"])
-    run["stages"] = {p.name.split("_")[0]: sum(json.loads(p.read_text())["timings"].values())
-                     for p in sorted(out.rglob("*_brainage.json"))}
+    run["stages"] = {prefix: sum(sidecar.get("timings", {}).values())
+                     for prefix, sidecar in sidecars(out).items()}
     run["predictions"] = predictions(out)
     return run
 

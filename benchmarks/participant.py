@@ -179,13 +179,15 @@ def run_app(args: list[str], *, app: Path, timeline: Path) -> dict:
             "load": (load_before, os.getloadavg()[0])}
 
 
-def sidecars(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(out.rglob("*_brainage.json"))]
+def sidecars(out: Path) -> dict[str, dict]:
+    """``{image prefix: its _brainage.json}`` (not the contribution map's sidecar)."""
+    return {p.name[:-len("_brainage.json")]: json.loads(p.read_text())
+            for p in sorted(out.rglob("sub-*_brainage.json")) if "_desc-" not in p.name}
 
 
 def predictions(out: Path) -> list[list[str]]:
     rows = []
-    for tsv in sorted(out.rglob("*_brainage.tsv")):
+    for tsv in sorted(out.rglob("sub-*_brainage.tsv")):
         lines = [line.split("\t") for line in tsv.read_text().splitlines()]
         rows += [[r[0], r[3], r[4]] for r in lines[1:]]
     return rows
@@ -198,7 +200,7 @@ def one_run(data: Path, tmp: Path, *, app: Path, app_args: list[str]) -> dict:
     fresh = run_app(cmd, app=app, timeline=tmp / "timeline-fresh.jsonl")
     if fresh["rc"] != 0:
         raise SystemExit(f"run failed ({fresh['rc']}): {fresh['output'][-3000:]}")
-    fresh["stages"] = sidecars(out)[0]["timings"]
+    fresh["stages"] = next(iter(sidecars(out).values()))["timings"]
     fresh["predictions"] = predictions(out)
     fresh["breakdown"] = breakdown(fresh, fresh["stages"])
     rerun = run_app(cmd, app=app, timeline=tmp / "timeline-rerun.jsonl")

@@ -233,13 +233,15 @@ def breakdown(run: dict, stages: dict) -> dict[str, float]:
         if t is not None:
             marks.append((name, t))
     marks.append(("end", run["end"]))
+    # each label names the span that ends at its marker; what runs beside the validator
+    # (T1w discovery, loading ahead) counts as the validator's until it answers
     labels = {"main": "interpreter start, imports", "parsed": "argument parsing",
-              "checked": "settings, paths", "validated": "BIDS validator",
+              "checked": "settings, paths", "validated": "BIDS validator (and beside it)",
               "models_verified": "model files checked (sha256)",
               "indexed": "lock, participants, T1w found, description",
-              "workflow_start": "nipype import, workflow built",
+              "workflow_start": "nipype import, workflow built (wait for loading)",
               "workflow_end": "workflow (nipype + stages)",
-              "reports_end": "failures recorded, reports",
+              "reports_end": "failures recorded, reports (rest)",
               "exit": "log, return", "end": "interpreter exit, pool shut down"}
     out = {}
     for (_, t0), (name, t1) in zip(marks, marks[1:]):
@@ -254,8 +256,9 @@ def _workflow_parts(ev, stages: dict, workflow: float) -> dict[str, float]:
     starts = {e["node"]: e["t"] for e in ev if e["event"] == "node_start"}
     ends = {e["node"]: e["t"] for e in ev if e["event"] == "node_end"}
     stage_total = sum(float(v) for v in stages.values())
-    sink_events = [e for e in ev if e.get("step") == "DerivativesSink"]
-    sink = sum(b["t"] - a["t"] for a, b in zip(sink_events[::2], sink_events[1::2]))
+    sink, report = (sum(b["t"] - a["t"] for a, b in zip(pairs[::2], pairs[1::2]))
+                    for pairs in ([e for e in ev if e.get("step") == step]
+                                  for step in ("DerivativesSink", "ParticipantReport")))
     first_node = min(starts.values(), default=None)
     setup = (first_node - _first(ev, "workflow_start")) if first_node else 0.0
     # handing a step over: from nipype's "start" to the interface's run_start (worker start,
@@ -279,8 +282,9 @@ def _workflow_parts(ev, stages: dict, workflow: float) -> dict[str, float]:
         "  of which worker set-up": worker_setup,
         "workflow: results collected": collect,
         "workflow: outputs written (sink)": sink,
+        "workflow: report drawn (node)": report,
         "workflow: rest (idle polls, parallel)": (workflow - stage_total - setup - dispatch
-                                                  - collect - sink),
+                                                  - collect - sink - report),
     }
 
 

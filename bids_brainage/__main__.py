@@ -1,6 +1,4 @@
-import sys
-
-from bids_brainage.cli.run import main
+from bids_brainage.cli.run import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

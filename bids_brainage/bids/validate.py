@@ -5,15 +5,22 @@ The validator is a JavaScript bundle run by deno. Its PyPI wrapper starts deno w
 one; here deno runs the bundle itself with network access denied (``--deny-net``), no
 permission prompts, no update check and its cache in the run's work dir. A schema that would
 need a download is reported as such (exit 16), with the way round it.
+
+A run with a work dir remembers a valid dataset (:func:`validate_bids_cached`): the same files
+(names, sizes, modification times) checked by the same validator are not checked again, so a
+rerun does not wait for deno. :func:`start_validation` runs it in a thread while the caller
+prepares the run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -114,3 +121,66 @@ def _offline_schema_message(detail: list[str]) -> str:
     return (f"the dataset asks for {schema}, which the bundled validator does not hold, and "
             "bids_brainage never downloads; check HEDVersion in dataset_description.json, or "
             "pass --skip-bids-validation")
+
+
+def dataset_fingerprint(bids_dir: Path, extra: str = "") -> str:
+    """sha256 of every file's path, size and modification time (links followed; a broken
+    link counts as missing), and of ``extra``: equal fingerprints, equal validator verdicts.
+    Dot entries are left out as the validator leaves them (``.git`` may hold thousands of
+    objects), except ``.bidsignore``, which changes what it checks.
+    """
+    digest = hashlib.sha256(extra.encode())
+    root = Path(bids_dir)
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") and not (name == ".bidsignore" and Path(folder) == root):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                info = os.stat(path)
+                stamp = f"{info.st_size} {info.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            digest.update(f"{os.path.relpath(path, root)}\0{stamp}\n".encode())
+    return digest.hexdigest()
+
+
+def _validator_version() -> str:
+    bundle = _bundle()
+    if bundle is None:
+        return ""
+    info = bundle.stat()
+    return f"{bundle} {info.st_size} {info.st_mtime_ns}"
+
+
+def validate_bids_cached(bids_dir: Path, work_dir: Path | None,
+                         dataset_type: str | None = None) -> list[str]:
+    """:func:`validate_bids`, unless this work dir saw the same dataset files pass the same
+    validator: then the warnings it gave. Only valid datasets are remembered."""
+    if work_dir is None:
+        return validate_bids(bids_dir, dataset_type)
+    from bids_brainage.io import atomic_write_json
+
+    cache = Path(work_dir) / ".cache"
+    key = dataset_fingerprint(bids_dir, f"{_validator_version()}|{dataset_type}")
+    record = cache / "validated" / f"{key}.json"
+    try:
+        return list(json.loads(record.read_text())["warnings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    warnings = validate_bids(bids_dir, dataset_type, cache_dir=cache / "deno")
+    try:
+        atomic_write_json(record, {"bids_dir": str(bids_dir), "warnings": warnings})
+    except OSError:  # a read-only work dir: validated, just not remembered
+        pass
+    return warnings
+
+
+def start_validation(bids_dir: Path, work_dir: Path | None) -> Future:
+    """:func:`validate_bids_cached` in a thread (deno is a process of its own); the future's
+    ``result()`` returns the warnings or raises :class:`BIDSError`."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bids-validator")
+    future = pool.submit(validate_bids_cached, bids_dir, work_dir)
+    pool.shutdown(wait=False)
+    return future

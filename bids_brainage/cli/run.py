@@ -12,6 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bids_brainage.timeline import mark
+
 EXIT_OK, EXIT_FAILED = 0, 1
 EXIT_INVALID_BIDS, EXIT_UNKNOWN_LEVEL, EXIT_NO_MATCH = 16, 17, 18
 EXIT_USAGE, EXIT_NO_INPUT, EXIT_CANT_WRITE = 64, 66, 73
@@ -71,14 +73,18 @@ def check_paths(settings) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     from bids_brainage.cli.parser import get_parser
 
+    mark("main")
     parser = get_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage errors
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
     _setup_logging(args.verbose)
+    mark("parsed")
     try:
-        return _main(args)
+        code = _main(args)
+        mark("exit", code=code)
+        return code
     except KeyboardInterrupt:
         LOG.error("interrupted; rerun the same command to resume (finished steps are reused)")
         return 130
@@ -111,6 +117,7 @@ def _main(args) -> int:
         return code
     apply_thread_environment(settings)
     apply_offline_environment(settings)
+    mark("checked")
     if settings.analysis_level == "group":
         from bids_brainage.levels.group import run_group
 
@@ -119,21 +126,72 @@ def _main(args) -> int:
 
 
 def _participant(settings) -> int:
-    from bids_brainage.bids.layout import NoMatchError
-    from bids_brainage.bids.validate import BIDSError, validate_bids
+    from bids_brainage.bids.layout import NoMatchError, find_t1w
+    from bids_brainage.bids.validate import start_validation
+    from bids_brainage.levels.participant import (
+        run_participant,
+        runs_in_this_process,
+        start_forkserver,
+        steps_pending,
+    )
+
+    # the validator is a process of its own: while it reads the dataset, this one finds the
+    # images, checks the model files and, when it will run the steps itself, loads ahead
+    validation = (None if settings.skip_bids_validation
+                  else start_validation(settings.bids_dir, settings.work_dir))
+    images, not_found = None, None
+    try:
+        images = find_t1w(settings.bids_dir, settings.participant_label,
+                          settings.session_label)
+    except Exception as exc:  # noqa: BLE001 - raised below, after the validator's verdict
+        not_found = exc
+    warm = None
+    # loading ahead pays only when steps will run (a rerun that reuses them all loads nothing)
+    if images and steps_pending(settings, images):
+        if runs_in_this_process(settings, images):
+            from bids_brainage.levels.warmup import start_warm_up
+
+            warm = start_warm_up(settings)
+        else:
+            start_forkserver(settings)
+    code = _check_validation(validation)
+    if code is None:
+        code = _check_models(settings)  # refuse a bad model directory before preprocessing
+    if code is None and isinstance(not_found, NoMatchError):
+        LOG.error("%s", not_found)
+        code = EXIT_NO_MATCH
+    if code is not None or not_found is not None:
+        if warm is not None:
+            warm.stop()
+        if code is not None:
+            return code
+        raise not_found
+    return run_participant(settings, images=images, warm=warm)
+
+
+def _check_validation(validation) -> int | None:
+    """Exit code 16 for a dataset the validator refused (its messages logged), else None."""
+    from bids_brainage.bids.validate import BIDSError
+
+    if validation is None:
+        return None
+    try:
+        warnings = validation.result()
+    except BIDSError as exc:
+        LOG.error("%s", exc)
+        return EXIT_INVALID_BIDS
+    if warnings:
+        LOG.warning("BIDS validator: %d warning(s), e.g. %s", len(warnings),
+                    "; ".join(warnings[:3]))
+    mark("validated")
+    return None
+
+
+def _check_models(settings) -> int | None:
+    """Exit code 64 for an unknown model name or an altered or malformed model directory."""
     from bids_brainage.models.registry import ModelError, load_cards, select_models, verify_all
 
-    if not settings.skip_bids_validation:
-        try:
-            warnings = validate_bids(settings.bids_dir, cache_dir=settings.work_dir / ".cache"
-                                     / "deno")
-        except BIDSError as exc:
-            LOG.error("%s", exc)
-            return EXIT_INVALID_BIDS
-        if warnings:
-            LOG.warning("BIDS validator: %d warning(s), e.g. %s", len(warnings),
-                        "; ".join(warnings[:3]))
-    try:  # refuse a bad model directory before hours of preprocessing
+    try:
         cards = load_cards(settings.model_dir)
         select_models(cards, settings.models)  # unknown names are refused here
         verify_all(cards, list(cards))  # every file: an altered directory is not trusted
@@ -146,14 +204,28 @@ def _participant(settings) -> int:
         LOG.error("%s is malformed (%s: %s); not a usable model card",
                   model_dir_or_default(settings.model_dir) / CARD_FILE, type(exc).__name__, exc)
         return EXIT_USAGE
-    from bids_brainage.levels.participant import run_participant
+    mark("models_verified")
+    return None
 
-    try:
-        return run_participant(settings)
-    except NoMatchError as exc:
-        LOG.error("%s", exc)
-        return EXIT_NO_MATCH
+
+def console_main() -> None:
+    """The ``bids_brainage`` command: :func:`main`, then exit without the interpreter's
+    teardown, which spent ~1 s freeing what torch, ITK and nipype had loaded (the operating
+    system frees a process's memory at once). The exit handlers still run (7 ms: logging's
+    flush, multiprocessing's temporary folder and forkserver), output is flushed; every file
+    was written atomically and closed before :func:`main` returned; worker pools were shut
+    down by then."""
+    import atexit
+
+    code = main()
+    atexit._run_exitfuncs()  # noqa: SLF001 - what a normal exit runs, without the teardown
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more to say
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -1,2 +1,3 @@
 """Thin nipype interfaces: ``preproc`` (one per preprocessing step), ``predict`` (the models),
-``derivatives`` (the sink that writes the outputs), ``base`` (the timed interface)."""
+``derivatives`` (the sink that writes the outputs), ``reports`` (a participant's report),
+``base`` (the timed interface)."""

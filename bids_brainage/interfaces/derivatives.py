@@ -49,6 +49,9 @@ class DerivativesSink(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_brainage.bids.derivatives import write_image_outputs
+        from bids_brainage.timeline import mark
+
+        mark("run_start", step="DerivativesSink", cwd=runtime.cwd)
 
         i = self.inputs
         files = {
@@ -67,4 +70,5 @@ class DerivativesSink(SimpleInterface):
             predictions=predictions, skull_strip_method=i.skull_strip_method,
             timings=i.timings,
         ))
+        mark("run_end", step="DerivativesSink", cwd=runtime.cwd)
         return runtime

@@ -16,8 +16,10 @@ from bids_brainage.bids.layout import find_t1w
 from bids_brainage.bids.participants import participant_age, read_participants
 from bids_brainage.bids.derivatives import output_names, write_dataset_description, write_failure
 from bids_brainage.io import InputError, check_input_file, remove_stale_temporaries, work_dir_lock
+from bids_brainage.timeline import mark
 
 LOG = logging.getLogger("bids_brainage.participant")
+WORKFLOW_NAME = "bids_brainage_wf"  # the workflow's folder in the work dir
 _NODE_LINE = re.compile(r"^Node: (\S+)", re.M)
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 # the steps a progress line is printed for, and the words it uses
@@ -66,11 +68,35 @@ def configure_nipype(settings, crash_dir: Path) -> dict:
 
 def _init_worker(cwd: str, values: dict) -> None:
     """Pool initialiser: nipype's own, then our settings (a forkserver worker starts from
-    nipype's defaults: INFO logs, timestamp hashes)."""
+    nipype's defaults: INFO logs, timestamp hashes); the worker keeps the models it loads."""
+    mark("worker_start")
     from nipype.pipeline.plugins.multiproc import process_initializer
+
+    from bids_brainage.levels.warmup import keep_models_loaded
 
     process_initializer(cwd)
     apply_nipype_settings(values)
+    keep_models_loaded(1, load_defaults=False)
+    mark("worker_ready")
+
+
+def start_forkserver(settings) -> None:
+    """Start the process nipype's workers are forked from, now, with what every worker
+    imports already imported (:data:`~bids_brainage.levels.warmup.FORKSERVER_PRELOAD`): it
+    loads while this process validates and prepares, and each worker starts loaded.
+    Only imports: a process that has run torch or OpenMP threads must not fork."""
+    import multiprocessing
+
+    from bids_brainage.levels.warmup import FORKSERVER_PRELOAD, needs_deepbet
+
+    modules = list(FORKSERVER_PRELOAD)
+    if needs_deepbet(settings):
+        modules[:0] = ["torch", "deepbet.bet"]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(modules)
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
 
 
 def multiproc_plugin(plugin_args: dict, values: dict):
@@ -111,6 +137,7 @@ class Progress:
             return None
 
     def __call__(self, node, status: str) -> None:
+        mark(f"node_{status}", node=node.fullname)
         step = STEP_NAMES.get(node.name)
         if step is None:
             return
@@ -173,18 +200,37 @@ def naming_once(path: Path, reason: str) -> str:
     return reason if str(path) in reason else f"{path}: {reason}"
 
 
-def run_participant(settings, *, predict: bool = True) -> int:
+def runs_in_this_process(settings, images) -> bool:
+    """Whether the steps run in this process (nipype's Linear plugin) rather than in worker
+    processes: one process asked for, or one image, whose steps run one after the other
+    anyway. Handing each step to a worker costs ~0.2 s (pickles, content hashes twice,
+    polling) and a worker's start ~1 s."""
+    return settings.nprocs == 1 or len(images) == 1
+
+
+def steps_pending(settings, images) -> bool:
+    """Whether any image's last step has no result in the work dir yet (so loading ahead
+    pays; a rerun whose steps are all reused should not load torch for nothing)."""
+    root = settings.work_dir / WORKFLOW_NAME
+    return any(not (root / f"{image.node_name}_wf" / "predict" / "result_predict.pklz").exists()
+               for image in images)
+
+
+def run_participant(settings, *, predict: bool = True, images=None, warm=None) -> int:
     """Run participant level; returns 0, or 1 when any image failed (others are written).
 
+    ``images``: the T1w images (default: found here); ``warm``: a
+    :class:`~bids_brainage.levels.warmup.WarmUp` loading ahead for this process.
     Holds the work dir for the whole run: a second run given the same one waits.
     """
     with work_dir_lock(settings.work_dir, LOG):
-        return _run_participant(settings, predict=predict)
+        return _run_participant(settings, predict=predict, images=images, warm=warm)
 
 
-def _run_participant(settings, *, predict: bool) -> int:
+def _run_participant(settings, *, predict: bool, images, warm) -> int:
     participants = read_participants(settings.bids_dir)
-    images = find_t1w(settings.bids_dir, settings.participant_label, settings.session_label)
+    if images is None:
+        images = find_t1w(settings.bids_dir, settings.participant_label, settings.session_label)
     settings = choose_threads(settings, len(images))
     LOG.info("%d T1w image(s) of %d participant(s)", len(images),
              len({im.subject for im in images}))
@@ -202,10 +248,13 @@ def _run_participant(settings, *, predict: bool) -> int:
         except InputError as exc:
             failures[image] = str(exc)
     runnable = [im for im in images if im not in failures]
+    mark("indexed", images=len(images))
     crash_dir = settings.work_dir / "crash" / settings.run_uuid
     values = configure_nipype(settings, crash_dir)
     if runnable:
-        _run_workflow(settings, runnable, ages, predict, values)
+        _run_workflow(settings, runnable, ages, predict, values, warm)
+    if warm is not None:
+        warm.stop()  # long done by now; never left importing while the interpreter exits
     crashes = crash_messages(crash_dir)
     for image in runnable:
         reason = crashes.get(f"{image.node_name}_wf")
@@ -230,22 +279,31 @@ def _run_participant(settings, *, predict: bool) -> int:
         from bids_brainage.reports.participant import write_reports
 
         write_reports(settings, images)
+        mark("reports_end")
     LOG.info("participant level: %d image(s) done, %d failed", len(images) - len(failures),
              len(failures))
     return 1 if failures else 0
 
 
-def _run_workflow(settings, images, ages, predict: bool, values: dict) -> None:
+def _run_workflow(settings, images, ages, predict: bool, values: dict, warm=None) -> None:
     from bids_brainage.workflows.participant import init_participant_wf
 
-    workflow = init_participant_wf(images=images, settings=settings, ages=ages, predict=predict)
+    workflow = init_participant_wf(images=images, settings=settings, ages=ages, predict=predict,
+                                   name=WORKFLOW_NAME)
     # forkserver: a forked worker of a process that already ran torch/OpenMP threads (a test
     # session, the training command) can hang on its first parallel operation
     plugin_args = {"n_procs": settings.nprocs, "raise_insufficient": False,
                    "maxtasksperchild": 1000, "mp_context": "forkserver",
                    "status_callback": Progress(images)}
-    plugin = (multiproc_plugin(plugin_args, values) if settings.nprocs > 1 else "Linear")
+    if runs_in_this_process(settings, images):
+        plugin = "Linear"
+        if warm is not None:
+            warm.deepbet_ready.wait()  # rather than loading deepbet a second time
+    else:
+        plugin = multiproc_plugin(plugin_args, values)
+    mark("workflow_start")
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as exc:  # nipype raises once at the end when any node crashed
         LOG.debug("nipype: %s", exc)
+    mark("workflow_end")

@@ -6,6 +6,7 @@ it goes out of scope, so reports can be made inside nipype workers and threads.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import os
 import sys
@@ -143,13 +144,16 @@ def brain_mosaic(background: np.ndarray, zooms, *, outlines, focus: np.ndarray,
                 _contour(ax, _plane(volume, axis, index)[plane_crop], spacing, level, colour,
                          width)
             _orientation_letters(ax, horizontal, vertical)
-            ax.set_title(f"{name} {index}", color="#bbbbbb", fontsize=8, pad=2)
+            # y given: matplotlib then skips placing the title around the (hidden) tick
+            # labels, which builds every tick of the axes (a third of the figure's time)
+            ax.set_title(f"{name} {index}", color="#bbbbbb", fontsize=8, pad=2, y=1.0)
             ax.set_axis_off()
     return fig
 
 
 def _plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    return np.take(volume, index, axis=axis)
+    # a view, not np.take's copy (10 ms a slice of a 1 mm head)
+    return volume[(slice(None),) * axis + (index,)]
 
 
 def _contour(ax, plane: np.ndarray, spacing, level, colour, width) -> None:
@@ -189,11 +193,11 @@ def mask_outline_figure(t1w, mask) -> Figure:
 def mni_overlay_figure(mni, template_mask, template=None) -> Figure:
     """The normalised brain in MNI space with the template's outline (and inner contour)."""
     data, zooms, affine = load_canonical(mni)
-    brain = resample_to(template_mask, data.shape, affine, order=0) > 0.5
+    brain = _template_on_grid(template_mask, data.shape, affine, order=0) > 0.5
     outlines = [(brain.astype(np.float32), 0.5, TEMPLATE_COLOUR, 1.0)]
     title = "Registered brain (MNI space) with the template's brain outline (red)"
     if template is not None:
-        tpl = resample_to(template, data.shape, affine, order=1)
+        tpl = _template_on_grid(template, data.shape, affine, order=1)
         if brain.any():
             # the white-matter boundary of the template: where ventricles and gyri should be
             level = float(np.percentile(tpl[brain], 60))
@@ -201,6 +205,21 @@ def mni_overlay_figure(mni, template_mask, template=None) -> Figure:
             title += " and white-matter contour (blue)"
     return brain_mosaic(data, zooms, outlines=outlines, focus=brain,
                         window=intensity_window(data, brain), title=title)
+
+
+def _template_on_grid(path, shape, affine, order: int) -> np.ndarray:
+    """:func:`resample_to` for the template's files, kept per process: every participant's
+    MNI image shares one grid, so a worker drawing many reports resamples them once."""
+    info = os.stat(path)
+    return _template_cache(str(path), info.st_mtime_ns, tuple(shape),
+                           np.asarray(affine, float).tobytes(), order)
+
+
+@functools.lru_cache(maxsize=4)
+def _template_cache(path: str, _stamp: int, shape: tuple, affine: bytes, order: int):
+    out = resample_to(path, shape, np.frombuffer(affine).reshape(4, 4), order=order)
+    out.setflags(write=False)  # shared between reports
+    return out
 
 
 def contribution_figure(mni, contributions) -> Figure:

@@ -1,7 +1,9 @@
 """The participant report ``sub-<label>.html``: QC figures and predictions of every image.
 
 ``write_reports`` gathers each participant's derivatives after the workflow ran;
-``write_participant_report`` draws one page.
+``write_participant_report`` draws one page. A report whose inputs (the derivatives it shows,
+the report code) are those it was drawn from is not drawn again: a rerun that changed
+nothing leaves it as it is (the work dir keeps what each report was drawn from).
 
 One page per participant covering all its sessions and runs, readable by a radiographer in a
 browser with no network: figures are PNG data URIs, styles inline, no scripts.
@@ -9,6 +11,7 @@ browser with no network: figures are PNG data URIs, styles inline, no scripts.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import re
@@ -41,6 +44,7 @@ def image_entry(output_dir: Path, image, template_mask: Path) -> dict:
     status = sidecar.get("status", "failed")
     label = image.prefix.split("_", 1)[1] if "_" in image.prefix else ""
     entry = {"label": label, "status": status, "message": sidecar.get("message"),
+             "_tables": [sidecar_path, folder / names["tsv"]],
              "predictions": _read_rows(folder / names["tsv"]),
              "timings": sidecar.get("timings", {}), "warnings": sidecar.get("warnings", []),
              "reliability": sidecar.get("reliability") or {},
@@ -63,25 +67,104 @@ def image_entry(output_dir: Path, image, template_mask: Path) -> dict:
 def write_reports(settings, images) -> list[Path]:
     """One report per participant, covering all its sessions and runs; failures are logged,
     never raised (a report is a view of the outputs, not an output the others depend on)."""
-    from bids_brainage.preproc.template import save_template_mask
-
-    template_mask = settings.work_dir / "tpl-MNI152NLin2009aSym_res-1_desc-brain_mask.nii.gz"
-    if not template_mask.exists():
-        save_template_mask(template_mask)
     by_subject = defaultdict(list)
     for image in images:
         by_subject[image.subject].append(image)
     written = []
     for subject, subject_images in sorted(by_subject.items()):
-        path = settings.output_dir / f"sub-{subject}.html"
         try:
-            entries = [image_entry(settings.output_dir, im, template_mask) for im in subject_images]
-            written.append(write_participant_report(path, participant_id=f"sub-{subject}",
-                                                    images=entries))
+            written.append(report_participant(settings.output_dir, settings.work_dir, subject,
+                                              subject_images))
         except Exception as exc:  # noqa: BLE001 - one report must not stop the others
             LOGGER.warning("report for sub-%s not written: %s: %s", subject,
-                        type(exc).__name__, exc)
+                           type(exc).__name__, exc)
     return written
+
+
+def report_participant(output_dir: Path, work_dir: Path, subject: str, images) -> Path:
+    """Draw ``sub-<subject>.html`` from its images' derivatives (``images``: objects with
+    ``prefix`` and ``anat_dir``), unless it is already the report of these derivatives."""
+    from bids_brainage.preproc.template import save_template_mask
+
+    output_dir, work_dir = Path(output_dir), Path(work_dir)
+    template_mask = work_dir / "tpl-MNI152NLin2009aSym_res-1_desc-brain_mask.nii.gz"
+    if not template_mask.exists():
+        save_template_mask(template_mask)
+    path = output_dir / f"sub-{subject}.html"
+    record = work_dir / "reports" / f"sub-{subject}.json"
+    entries = [image_entry(output_dir, im, template_mask) for im in images]
+    if newer_than_inputs(path, record, entries):
+        return path
+    key = inputs_key(f"sub-{subject}", entries)
+    if not up_to_date(path, record, key):
+        write_participant_report(path, participant_id=f"sub-{subject}", images=entries)
+    remember(path, record, key)
+    return path
+
+
+def _file_digest(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inputs_key(participant_id: str, entries: list[dict]) -> str:
+    """sha256 of what a report is drawn from: the image entries (sidecar values, predictions,
+    paths), the content of every file they name, the app's version and the report code."""
+    digest = hashlib.sha256(f"{__version__}|{participant_id}".encode())
+    for module in ("participant.py", "figures.py", "templates.py"):
+        digest.update((Path(__file__).parent / module).read_bytes())
+    digest.update(json.dumps(entries, sort_keys=True, default=str).encode())
+    for entry in entries:
+        for key in ("t1w", "mask", "mni", "contrib", "template", "template_mask"):
+            if entry.get(key) and Path(entry[key]).is_file():
+                digest.update(f"{key}:{_file_digest(entry[key])}".encode())
+    return digest.hexdigest()
+
+
+def _input_files(entries: list[dict]) -> list[Path]:
+    files = []
+    for entry in entries:
+        files += [Path(entry[k]) for k in ("t1w", "mask", "mni", "contrib") if entry.get(k)]
+        files += entry.get("_tables", [])
+    return files
+
+
+def newer_than_inputs(path: Path, record: Path, entries: list[dict]) -> bool:
+    """The quick check: the report is the one recorded, and the record was written after
+    every file it was drawn from (no hashing; the derivatives are rewritten on reruns, so
+    there :func:`up_to_date` compares their content)."""
+    try:
+        saved = json.loads(record.read_text())
+        info, stamp = path.stat(), record.stat().st_mtime_ns
+        newest = max((f.stat().st_mtime_ns for f in _input_files(entries)), default=0)
+    except (OSError, ValueError):
+        return False
+    return (saved.get("size"), saved.get("mtime_ns")) == (info.st_size, info.st_mtime_ns) \
+        and stamp > newest
+
+
+def up_to_date(path: Path, record: Path, key: str) -> bool:
+    """Whether ``path`` is the report drawn from ``key`` (same inputs; the file untouched)."""
+    try:
+        saved = json.loads(record.read_text())
+        info = path.stat()
+    except (OSError, ValueError):
+        return False
+    return saved == {"key": key, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+
+def remember(path: Path, record: Path, key: str) -> None:
+    from bids_brainage.io import atomic_write_json
+
+    info = path.stat()
+    try:
+        atomic_write_json(record, {"key": key, "size": info.st_size,
+                                   "mtime_ns": info.st_mtime_ns})
+    except OSError:  # a work dir we cannot write: the report is drawn again next time
+        pass
 
 
 def write_participant_report(path, *, participant_id: str, images: list[dict]) -> Path:

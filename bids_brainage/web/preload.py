@@ -3,10 +3,11 @@ models themselves.
 
 The BIDS App's Predict node reads each model's weights when it runs
 (:func:`bids_brainage.models.predict.load_predictor`); a worker process runs many jobs, so
-:func:`keep_models_loaded` makes that function return the model already in memory. The cache
-is keyed by the card's sha256, and the file on disk is still checked against it at every
-call (:func:`~bids_brainage.models.registry.verified_file`, 30 ms): a changed or altered
-weight file is never answered from memory.
+:func:`~bids_brainage.levels.warmup.keep_models_loaded` (shared with the BIDS App's own
+worker processes) makes that function return the model already in memory. The cache is keyed
+by the card's sha256, and the file on disk is still checked against it at every call
+(:func:`~bids_brainage.models.registry.verified_file`, 30 ms): a changed or altered weight
+file is never answered from memory.
 """
 from __future__ import annotations
 
@@ -14,31 +15,9 @@ import logging
 import os
 import time
 
+from bids_brainage.levels.warmup import keep_models_loaded
+
 LOG = logging.getLogger("bids_brainage.web")
-
-
-def keep_models_loaded(threads: int) -> list[str]:
-    """Cache the loaded models in this process; load the cards' default models now."""
-    from bids_brainage.models import predict
-    from bids_brainage.models.registry import default_models, load_cards, verified_file
-
-    original = getattr(predict.load_predictor, "__wrapped__", predict.load_predictor)
-    loaded: dict[tuple, object] = {}
-
-    def load_predictor(card: dict, threads: int = 1):
-        verified_file(card)  # refuses a file that no longer matches its card
-        key = (card["_dir"], card["name"], card.get("sha256"), threads)
-        if key not in loaded:
-            loaded[key] = original(card, threads)
-        return loaded[key]
-
-    load_predictor.__wrapped__ = original
-    predict.load_predictor = load_predictor
-    cards = load_cards()
-    names = [n for n in default_models(cards) if cards[n].get("kind") != "ensemble"]
-    for name in names:
-        load_predictor(cards[name], threads)
-    return names
 
 
 def warm_up(threads: int) -> None:

@@ -6,6 +6,7 @@ from nipype.pipeline import engine as pe
 
 from bids_brainage.interfaces.derivatives import DerivativesSink
 from bids_brainage.interfaces.predict import Predict
+from bids_brainage.interfaces.reports import ParticipantReport
 from bids_brainage.interfaces.preproc import (
     N4,
     Conform,
@@ -131,11 +132,31 @@ def init_image_wf(*, image, settings, age, predict: bool = True, name: str) -> p
 
 def init_participant_wf(*, images, settings, ages: dict, predict: bool = True,
                         name: str = "bids_brainage_wf") -> pe.Workflow:
-    """One sub-workflow per T1w image; nipype runs them in parallel and caches each step."""
+    """One sub-workflow per T1w image; nipype runs them in parallel and caches each step.
+    With reports, one report node per participant after all its images."""
     workflow = pe.Workflow(name=name, base_dir=str(settings.work_dir))
+    image_wfs = {}
     for image in images:
-        image_wf = init_image_wf(image=image, settings=settings,
-                                 age=ages.get(f"sub-{image.subject}"), predict=predict,
-                                 name=f"{image.node_name}_wf")
-        workflow.add_nodes([image_wf])
+        image_wfs[image] = init_image_wf(image=image, settings=settings,
+                                         age=ages.get(f"sub-{image.subject}"),
+                                         predict=predict, name=f"{image.node_name}_wf")
+        workflow.add_nodes([image_wfs[image]])
+    if settings.reports:
+        subjects = sorted({image.subject for image in images})
+        for subject in subjects:
+            mine = [image for image in images if image.subject == subject]
+            _connect_report(workflow, subject, mine, [image_wfs[im] for im in mine], settings)
     return workflow
+
+
+def _connect_report(workflow, subject: str, images, image_wfs, settings) -> None:
+    label = subject.replace("+", "_plus_")  # a BIDS label is [a-zA-Z0-9+]; a node name not
+    report = pe.Node(ParticipantReport(
+        output_dir=str(settings.output_dir), work_dir=str(settings.work_dir), subject=subject,
+        prefixes=[im.prefix for im in images], anat_dirs=[str(im.anat_dir) for im in images],
+    ), name=f"report_sub{label}", mem_gb=0.5)
+    tables = pe.Node(niu.Merge(len(images)), name=f"tables_sub{label}",
+                     run_without_submitting=True)
+    for number, image_wf in enumerate(image_wfs, 1):
+        workflow.connect(image_wf, "ds_brainage.out_tsv", tables, f"in{number}")
+    workflow.connect(tables, "out", report, "tables")

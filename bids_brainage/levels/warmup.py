@@ -1,0 +1,116 @@
+"""Loading ahead: what a run's steps import and load, done once per process and, where it can
+be, while the process waits for something else.
+
+- :func:`start_warm_up`: a thread that imports torch and loads deepbet's model (the first big
+  step), then the libraries of the later steps (SimpleITK, antspyx, scikit-learn) and fills
+  the template caches. It runs while the main thread waits for the BIDS validator (a
+  process of its own) and while deepbet's network runs (torch releases the GIL); a process
+  that runs the steps itself (one image) then finds them loaded.
+- :func:`keep_models_loaded`: a process that predicts many images (a nipype worker, a web
+  worker) loads each model once; the weight file is still checked against its card's sha256
+  at every use.
+- :data:`FORKSERVER_PRELOAD`: modules nipype's worker processes inherit already imported.
+
+Nothing here changes a number: the same functions run on the same data, only earlier.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+LOG = logging.getLogger("bids_brainage.participant")
+# what the steps import, in the order they need it (torch only when deepbet may run)
+STEP_MODULES = ("SimpleITK", "ants", "scipy.ndimage", "sklearn.mixture")
+FORKSERVER_PRELOAD = ("nipype.pipeline.engine", "bids_brainage.interfaces.preproc",
+                      "bids_brainage.interfaces.predict", "bids_brainage.interfaces.derivatives",
+                      "bids_brainage.preproc.skullstrip", *STEP_MODULES)
+
+
+def needs_deepbet(settings) -> bool:
+    """Whether skull stripping may run deepbet (``auto`` decides per image)."""
+    return settings.skull_strip != "none"
+
+
+class WarmUp(threading.Thread):
+    """Loads ahead in a daemon thread. ``deepbet_ready`` is set once the first big step can
+    start without loading; :meth:`stop` ends it after the current item (a run that ends early
+    should not leave an import running while the interpreter exits)."""
+
+    def __init__(self, settings):
+        super().__init__(name="warm-up", daemon=True)
+        self.settings = settings
+        self.deepbet_ready = threading.Event()
+        self._stopping = threading.Event()
+
+    def _items(self):
+        import importlib
+
+        if needs_deepbet(self.settings):
+            def deepbet():
+                import torch
+
+                torch.set_num_threads(max(1, self.settings.omp_nthreads))
+                from bids_brainage.preproc.skullstrip import _deepbet
+
+                _deepbet()
+            yield deepbet
+        yield self.deepbet_ready.set
+        for name in STEP_MODULES:
+            yield lambda name=name: importlib.import_module(name)
+
+        def caches():
+            from bids_brainage.features.tissue import tissue_priors
+            from bids_brainage.preproc.template import template_2mm
+
+            template_2mm()
+            tissue_priors()
+        yield caches
+
+    def run(self) -> None:
+        try:
+            for item in self._items():
+                if self._stopping.is_set():
+                    break
+                item()
+        except Exception as exc:  # noqa: BLE001 - the step itself will meet it and say so
+            LOG.debug("warm-up stopped: %s: %s", type(exc).__name__, exc)
+        finally:
+            self.deepbet_ready.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
+
+
+def start_warm_up(settings) -> WarmUp:
+    """Start loading ahead for a run whose steps this process runs itself."""
+    warm = WarmUp(settings)
+    warm.start()
+    return warm
+
+
+def keep_models_loaded(threads: int, *, load_defaults: bool = True) -> list[str]:
+    """Cache the loaded models in this process (and, with ``load_defaults``, load the bundled
+    default models now); returns the names loaded now."""
+    from bids_brainage.models import predict
+    from bids_brainage.models.registry import default_models, load_cards, verified_file
+
+    original = getattr(predict.load_predictor, "__wrapped__", predict.load_predictor)
+    loaded: dict[tuple, object] = {}
+
+    def load_predictor(card: dict, threads: int = 1):
+        verified_file(card)  # refuses a file that no longer matches its card
+        key = (card["_dir"], card["name"], card.get("sha256"), threads)
+        if key not in loaded:
+            loaded[key] = original(card, threads)
+        return loaded[key]
+
+    load_predictor.__wrapped__ = original
+    predict.load_predictor = load_predictor
+    if not load_defaults:
+        return []
+    cards = load_cards()
+    names = [n for n in default_models(cards) if cards[n].get("kind") != "ensemble"]
+    for name in names:
+        load_predictor(cards[name], threads)
+    return names

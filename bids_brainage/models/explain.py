@@ -117,11 +117,13 @@ def explain(model, x: np.ndarray, weight: float = 1.0) -> dict | None:
             **_summary(contribution_map)}
 
 
-def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
+def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict,
+                               base: np.ndarray | None = None):
     """The forest's input on the whole brain (row 0) and with each atlas region left out
     (one row per region), and the regions.
 
-    Row 0 is exactly ``model_inputs(mni, mask, spec)``. Without a region, the input is made
+    Row 0 is exactly ``model_inputs(mni, mask, spec)`` (``base``, when the caller has it
+    already). Without a region, the input is made
     again from the remaining voxels (their percentiles anchor the log normalisation), with
     the whole brain's tissue class means kept (a mixture fit per region would cost seconds
     and move little).
@@ -152,7 +154,7 @@ def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     starts = np.searchsorted(where[order], present)
     ends = np.searchsorted(where[order], present, side="right")
     full = np.sort(logs)
-    rows = [model_inputs(mni, mask, spec)]
+    rows = [model_inputs(mni, mask, spec) if base is None else np.asarray(base, float)]
     for r, a, b in zip(present, starts, ends):
         removed = np.sort(logs[order[a:b]])
         kept = full.size - removed.size
@@ -205,9 +207,10 @@ def _percentiles(full: np.ndarray, removed: np.ndarray, quantiles) -> np.ndarray
 
 
 def forest_occlusion(model, mni: np.ndarray, mask: np.ndarray, spec: dict,
-                     weight: float = 1.0) -> dict:
-    """The occlusion map of a histogram forest (2 mm MNI grid, years × ``weight``)."""
-    inputs, present = histogram_occlusion_inputs(mni, mask, spec)
+                     weight: float = 1.0, base: np.ndarray | None = None) -> dict:
+    """The occlusion map of a histogram forest (2 mm MNI grid, years × ``weight``);
+    ``base`` is its input on the whole brain, when the caller has it."""
+    inputs, present = histogram_occlusion_inputs(mni, mask, spec, base)
     predicted = np.asarray(model.predict(inputs), float)
     years = (predicted[0] - predicted[1:]) * weight
     labels, _ = atlas()

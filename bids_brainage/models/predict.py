@@ -5,6 +5,8 @@ preprocessing it was trained on, whatever ``--normalization`` the user chose for
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from bids_brainage.models.registry import verified_file
@@ -102,13 +104,20 @@ def tissue_fractions(norm: np.ndarray, mask: np.ndarray, info: dict) -> np.ndarr
     return np.bincount(nearest, minlength=3) / max(values.size, 1)
 
 
+@functools.lru_cache(maxsize=8)
+def _loaded(path: str, sha256: str | None = None):
+    """A verified forest or ridge file, loaded once per process and file content (predict
+    and explain, and a worker's next image, share it; the models are only read)."""
+    from bids_brainage.models.forest import load_forest
+
+    return load_forest(path)
+
+
 def load_predictor(card: dict, threads: int = 1):
     """A callable ``f(inputs) -> age`` for a card, after verifying its weight file."""
     kind = card.get("kind", "forest")
     if kind in ("forest", "ridge"):
-        from bids_brainage.models.forest import load_forest
-
-        model = load_forest(verified_file(card))
+        model = _loaded(str(verified_file(card)), card.get("sha256"))
         return lambda x: float(model.predict(np.asarray(x)[None, :])[0])
     if kind == "resnet":
         from bids_brainage.models.resnet3d import load_resnet, predict_volume
@@ -183,7 +192,6 @@ def explain_models(cards, names, ensembles, inputs, mni, mask) -> dict | None:
     linear tissue member exactly, the histogram forest by occlusion), or the one model run
     alone; None when no model can be mapped."""
     from bids_brainage.models import explain
-    from bids_brainage.models.forest import load_forest
 
     if ensembles:
         weights = {m: float(w) for m, w in ensembles[0]["members"].items() if m in cards}
@@ -196,11 +204,12 @@ def explain_models(cards, names, ensembles, inputs, mni, mask) -> dict | None:
         feature = card.get("input", {}).get("feature")
         if weight == 0 or card.get("kind") not in ("ridge", "forest"):
             continue
-        model = load_forest(verified_file(card))
+        model = _loaded(str(verified_file(card)), card.get("sha256"))
         if feature == "tissue" and card.get("kind") == "ridge":
             part = explain.explain(model, inputs(card["input"]), weight)
         elif feature == "histogram+tissue" and card["input"].get("normalization", "").startswith("log"):
-            part = explain.forest_occlusion(model, mni, mask, card["input"], weight)
+            part = explain.forest_occlusion(model, mni, mask, card["input"], weight,
+                                            base=inputs(card["input"]))
         else:
             part = None
         if part is not None:

@@ -117,19 +117,17 @@ def explain(model, x: np.ndarray, weight: float = 1.0) -> dict | None:
             **_summary(contribution_map)}
 
 
-def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict,
-                               base: np.ndarray | None = None):
+def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     """The forest's input on the whole brain (row 0) and with each atlas region left out
     (one row per region), and the regions.
 
-    Row 0 is exactly ``model_inputs(mni, mask, spec)`` (``base``, when the caller has it
-    already). Without a region, the input is made
-    again from the remaining voxels (their percentiles anchor the log normalisation), with
+    Row 0 is exactly ``model_inputs(mni, mask, spec)``, made from the same normalisation.
+    Without a region, the input is made again from the remaining voxels (their percentiles anchor the log normalisation), with
     the whole brain's tissue class means kept (a mixture fit per region would cost seconds
     and move little).
     """
-    from bids_brainage.features.histogram import HIST_RANGE
-    from bids_brainage.models.predict import model_inputs, model_region
+    from bids_brainage.features.histogram import HIST_RANGE, intensity_histogram
+    from bids_brainage.models.predict import model_region, tissue_fractions
     from bids_brainage.preproc.normalize import LOG_ANCHOR_QUANTILES, log_tissue_normalise
 
     method = spec.get("normalization")
@@ -137,7 +135,7 @@ def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict,
         raise ValueError(f"occlusion needs a histogram+tissue input with a log "
                          f"normalisation, not {spec}")
     region = model_region(mask, spec)
-    _, info = log_tissue_normalise(mni, region, method=method)
+    norm, info = log_tissue_normalise(mni, region, method=method)
     logs = np.log(np.maximum(np.asarray(mni, np.float64)[region], info["log_floor"]))
     # the class means of the log intensities, as the whole brain's mixture found them
     means = np.array([(info["peaks"][k] - info["shift"]) / info["scale"]
@@ -148,13 +146,16 @@ def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict,
     bins = int(spec.get("bins", 100))
     lo, hi = HIST_RANGE[method]
     quantiles = np.asarray(LOG_ANCHOR_QUANTILES, float) / 100.0
+    peaks = np.sort(means)
+    cuts = (peaks[1:] + peaks[:-1]) / 2  # nearest class mean: cut halfway between them
     # counting in sorted arrays, no voxel binned twice: each row is the whole brain's counts
     # minus the region's, below edges set by that row's anchors
     order = np.argsort(where, kind="stable")
     starts = np.searchsorted(where[order], present)
     ends = np.searchsorted(where[order], present, side="right")
     full = np.sort(logs)
-    rows = [model_inputs(mni, mask, spec) if base is None else np.asarray(base, float)]
+    rows = [np.concatenate([intensity_histogram(norm, region, method, bins)[0],
+                            tissue_fractions(norm, region, info)])]  # as model_inputs
     for r, a, b in zip(present, starts, ends):
         removed = np.sort(logs[order[a:b]])
         kept = full.size - removed.size
@@ -169,8 +170,6 @@ def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict,
                - np.searchsorted(removed, edges[-1], side="right"))
         counts = np.diff(np.append(below, top)).astype(float)
         density = counts / (max(counts.sum(), 1.0) * (hi - lo) / bins)
-        peaks = np.sort(means)
-        cuts = (peaks[1:] + peaks[:-1]) / 2  # nearest class mean: cut halfway between them
         at_or_below = (np.searchsorted(full, cuts, side="right")
                        - np.searchsorted(removed, cuts, side="right"))
         classes = np.diff(np.concatenate([[0], at_or_below, [kept]])) / max(kept, 1)
@@ -207,10 +206,9 @@ def _percentiles(full: np.ndarray, removed: np.ndarray, quantiles) -> np.ndarray
 
 
 def forest_occlusion(model, mni: np.ndarray, mask: np.ndarray, spec: dict,
-                     weight: float = 1.0, base: np.ndarray | None = None) -> dict:
-    """The occlusion map of a histogram forest (2 mm MNI grid, years × ``weight``);
-    ``base`` is its input on the whole brain, when the caller has it."""
-    inputs, present = histogram_occlusion_inputs(mni, mask, spec, base)
+                     weight: float = 1.0) -> dict:
+    """The occlusion map of a histogram forest (2 mm MNI grid, years × ``weight``)."""
+    inputs, present = histogram_occlusion_inputs(mni, mask, spec)
     predicted = np.asarray(model.predict(inputs), float)
     years = (predicted[0] - predicted[1:]) * weight
     labels, _ = atlas()
@@ -230,11 +228,11 @@ def combine(parts: dict[str, dict], of: str) -> dict:
     contribution_map = sum(part["map"] for part in parts.values())
     members = {name: {k: part[k] for k in ("method", "weight", "total_years")}
                for name, part in parts.items()}
-    tissue = [n for n, p in parts.items() if p["method"].startswith("exact")]
     return {"map": contribution_map, "of": of, "model": " + ".join(parts),
             "members": members,
             "weight": round(sum(p["weight"] for p in parts.values()), 3),
-            "training_mean": parts[tissue[0]]["training_mean"] if tissue else None,
+            "training_mean": next((p["training_mean"] for p in parts.values()
+                                   if "training_mean" in p), None),
             "total_years": round(sum(p["total_years"] for p in parts.values()
                                  if p["total_years"] is not None), 3),
             **_summary(contribution_map)}

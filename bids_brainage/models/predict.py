@@ -208,8 +208,7 @@ def explain_models(cards, names, ensembles, inputs, mni, mask) -> dict | None:
         if feature == "tissue" and card.get("kind") == "ridge":
             part = explain.explain(model, inputs(card["input"]), weight)
         elif feature == "histogram+tissue" and card["input"].get("normalization", "").startswith("log"):
-            part = explain.forest_occlusion(model, mni, mask, card["input"], weight,
-                                            base=inputs(card["input"]))
+            part = explain.forest_occlusion(model, mni, mask, card["input"], weight)
         else:
             part = None
         if part is not None:

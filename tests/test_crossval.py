@@ -20,7 +20,7 @@ class Memoriser:
     """Predicts the age it was trained with for a row it saw, the training mean otherwise:
     its held-out error is zero only if a held-out row leaked into training."""
 
-    def __init__(self, x, y):
+    def __init__(self, x, y, groups=None):
         self.seen = {float(row[0]): age for row, age in zip(x, y)}
         self.mean = float(np.mean(y))
 
@@ -35,7 +35,7 @@ def _data(n=120, seed=0):
     return ages, x
 
 
-def _linear(x, y):
+def _linear(x, y, groups=None):
     from sklearn.linear_model import LinearRegression
 
     return LinearRegression().fit(x, y)
@@ -50,6 +50,43 @@ def test_outer_folds_never_see_their_images():
     assert not np.isnan(predicted).any()
     # every outer prediction is a training mean, never the image's own age
     assert np.all(np.abs(predicted - ages) > 1e-9)
+
+
+def test_copies_train_but_never_leak():
+    """Augmented copies join training with their image and are never scored: a memoriser
+    that knows every training copy still cannot know a held-out image."""
+    ages, _ = _data(60)
+    ids = np.arange(len(ages), dtype=float)[:, None]
+    member = Member("memo", ids, Memoriser, copies=np.vstack([ids, ids]),
+                    copy_of=np.tile(np.arange(len(ages)), 2))
+    result = nested_cv([member], ages, k=4, repeats=2, inner_k=3, seed=1, progress=False)
+    predicted = result["predictions"]["memo"]
+    assert predicted.shape == (2, len(ages)) and not np.isnan(predicted).any()
+    assert np.all(np.abs(predicted - ages) > 1e-9)
+    # the copies are training rows: a fit on half the images sees each of them three times
+    rows = np.arange(30)
+    x, y, groups = member.training(rows, ages, np.arange(len(ages)))
+    assert len(x) == 90 and set(groups) == set(rows)
+    assert np.array_equal(np.sort(y), np.sort(np.tile(ages[rows], 3)))
+
+
+def test_ridge_penalty_with_copies_is_chosen_by_groups():
+    """Leave-one-out with copies in the data leaves a copy of the held-out row in training
+    and picks the smallest penalty; folds of participants do not."""
+    from bids_brainage.models import forest
+
+    assert doctest.testmod(forest).failed == 0
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 400))
+    y = x[:, :5].sum(1) + rng.normal(0, 3, 60)
+    doubled, target = np.vstack([x, x + rng.normal(0, .01, x.shape)]), np.r_[y, y]
+    groups = np.r_[np.arange(60), np.arange(60)]
+    loo = forest.train_ridge(doubled, target)[-1].alpha_
+    grouped = forest.train_ridge(doubled, target, groups)[-1].alpha
+    assert loo == forest.RIDGE_ALPHAS[0] and grouped > 10 * loo
+    # one row per group: the same model as before (leave-one-out)
+    same = forest.train_ridge(x, y, np.arange(60))
+    assert np.allclose(same[-1].coef_, forest.train_ridge(x, y)[-1].coef_)
 
 
 def test_participants_stay_in_one_fold():

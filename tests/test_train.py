@@ -119,6 +119,25 @@ def test_trained_directory_predicts_on_the_example(trained, example_run, tmp_pat
     assert float(rf[6]) - float(rf[5]) == pytest.approx(2.5, abs=0.01)
 
 
+def test_training_with_copies(trained, ixi_pool, tmp_path):
+    """--copies: every image's randomised copy joins the training rows of the forest and
+    the ridge; the card says so; scores still count each image once."""
+    models = tmp_path / "models"
+    derivatives = trained[0].parent / "work" / "derivatives"
+    assert train([str(ixi_pool), str(models), "--derivatives", str(derivatives),
+                  "-w", str(derivatives.parent), "--participant-label", *SUBSET,
+                  "--models", "rf,tissue", "--defaults", "rf,tissue", "--rf-trees", "50",
+                  "--folds", "3", "--repeats", "1", "--copies", "1", "--nprocs", "2"]) == 0
+    cards = load_cards(models)
+    augmentation = cards["tissue"]["training"]["augmentation"]
+    assert augmentation["copies_per_image"] == 1 and augmentation["tight"] == 0.5
+    assert "folds" in cards["tissue"]["architecture"]
+    assert cards["ensemble"]["validation"]["nested_cv"]["n"] == len(SUBSET)
+    plain = load_cards(trained[0])
+    assert cards["tissue"]["sha256"] != plain["tissue"]["sha256"]
+    assert cards["rf"]["sha256"] != plain["rf"]["sha256"]
+
+
 def test_corrupted_weights_are_refused(trained, tmp_path):
     copy = tmp_path / "models"
     shutil.copytree(trained[0], copy)

@@ -69,7 +69,14 @@ def get_parser() -> argparse.ArgumentParser:
                         "GMM-normalised quantiles: contrast-free, looks like gmm)")
     p.add_argument("--resnet-flip-average", action="store_true",
                    help="predict as the mean over the brain and its mirror image")
-    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="ResNet: no random flips and shifts while training")
+    p.add_argument("--copies", type=int, default=0, metavar="N",
+                   help="add N domain-randomised copies of every training image (random "
+                        "grey/white contrast, a tight strip half the time, Rician noise; "
+                        "same age) to the training rows of the forest and ridge models; "
+                        "copies are never scored, and penalties are then chosen by folds of "
+                        "participants (see training/augment.py)")
     p.add_argument("--robustness", type=int, default=0, metavar="N",
                    help="fit the default models without N participants and run those "
                         "participants' images changed as datasets change them (stripped "

@@ -26,13 +26,32 @@ LOG = logging.getLogger("bids_brainage.train")
 class Member:
     """A model of the ensemble: its input matrix (one row per image) and how to fit it.
 
-    ``fit(x, y)`` returns an object with ``predict(x)``; any hyper-parameter search happens
-    inside it, on ``x`` and ``y`` only.
+    ``fit(x, y, groups)`` returns an object with ``predict(x)``; any hyper-parameter search
+    happens inside it, on those rows only, in folds of ``groups`` (a participant's images
+    and their copies are one group). ``copies`` are inputs of augmented copies
+    (``training.augment``) of the images ``copy_of`` names: training rows wherever their
+    image is a training row, never predicted or scored.
     """
 
     name: str
     x: np.ndarray
     fit: Callable
+    copies: np.ndarray | None = None
+    copy_of: np.ndarray | None = None
+
+    def training(self, rows, ages, groups):
+        """``(x, y, groups)`` of ``rows`` and of their copies."""
+        rows = np.asarray(rows)
+        if self.copies is None or not len(self.copies):
+            return self.x[rows], ages[rows], groups[rows]
+        extra = np.flatnonzero(np.isin(self.copy_of, rows))
+        source = self.copy_of[extra]
+        return (np.concatenate([self.x[rows], self.copies[extra]]),
+                np.concatenate([ages[rows], ages[source]]),
+                np.concatenate([groups[rows], groups[source]]))
+
+    def fit_rows(self, rows, ages, groups):
+        return self.fit(*self.training(rows, ages, groups))
 
 
 def group_folds(ages, groups, k: int, seed: int) -> list[np.ndarray]:
@@ -100,7 +119,7 @@ def inner_oof(member: Member, ages, rows, groups, k: int, seed: int) -> np.ndarr
     oof = np.full(len(rows), np.nan)
     for fold in group_folds(ages[rows], groups[rows], k, seed):
         rest = np.setdiff1d(np.arange(len(rows)), fold)
-        model = member.fit(member.x[rows[rest]], ages[rows[rest]])
+        model = member.fit_rows(rows[rest], ages, groups)
         oof[fold] = model.predict(member.x[rows[fold]])
     return oof
 
@@ -115,7 +134,7 @@ def fit_ensemble(members: list[Member], ages, rows=None, groups=None, *, k: int 
     rows = np.arange(len(ages)) if rows is None else np.asarray(rows)
     groups = np.arange(len(ages)) if groups is None else np.asarray(groups)
     oof = {m.name: inner_oof(m, ages, rows, groups, k, seed) for m in members}
-    models = {m.name: m.fit(m.x[rows], ages[rows]) for m in members}
+    models = {m.name: m.fit_rows(rows, ages, groups) for m in members}
     weights = weights or ensemble_weights(oof, ages[rows])
     oof["ensemble"] = combine(weights, oof)
     spread = member_spread({n: oof[n] for n in weights})

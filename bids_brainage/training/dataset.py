@@ -64,10 +64,16 @@ def load_mni(subject: Subject) -> tuple[np.ndarray, np.ndarray]:
 
 
 def subject_inputs(subject: Subject, spec: dict) -> np.ndarray:
-    """:func:`model_inputs` of one subject's derivatives."""
+    """:func:`model_inputs` of one subject's derivatives; with an ``augment`` entry in the
+    spec, of the randomised copy it names (``training.augment``)."""
     from bids_brainage.models.predict import model_inputs
 
     mni, mask = load_mni(subject)
+    if "augment" in spec:
+        from bids_brainage.training.augment import copy_of
+
+        mni, mask, _ = copy_of(subject.prefix, mni, mask, spec["augment"])
+        spec = {k: v for k, v in spec.items() if k != "augment"}
     return model_inputs(mni, mask, spec)
 
 

@@ -85,12 +85,13 @@ def preprocess(bids_dir: Path, work_dir: Path, nprocs: int, labels=None) -> Path
 
 # ---------------------------------------------------------------------------------- members
 def sklearn_fit(name: str, args):
-    """``fit(x, y)`` of a scikit-learn member; hyper-parameters are chosen inside it."""
+    """``fit(x, y, groups)`` of a scikit-learn member; hyper-parameters are chosen inside it
+    (the forest has none to choose)."""
     from bids_brainage.models.forest import train_forest, train_ridge
 
     if name == "rf":
-        return lambda x, y: train_forest(x, y, seed=args.random_seed,
-                                         n_estimators=args.rf_trees, n_jobs=args.nprocs)
+        return lambda x, y, groups=None: train_forest(
+            x, y, seed=args.random_seed, n_estimators=args.rf_trees, n_jobs=args.nprocs)
     return train_ridge
 
 
@@ -99,17 +100,39 @@ def member_input(name: str, args) -> dict:
             "tissue": TISSUE_INPUT}[name]
 
 
+def sklearn_member(name: str, subjects, args, cache: Path) -> Member:
+    """A forest or ridge member: every image's input and, with ``--copies``, its copies'."""
+    from bids_brainage.training.augment import augmented_spec
+    from bids_brainage.training.dataset import build_inputs
+
+    spec = member_input(name, args)
+    x = build_inputs(subjects, spec, nprocs=args.nprocs, cache_dir=cache)
+    copies = copy_of = None
+    if getattr(args, "copies", 0):
+        copies = np.concatenate([
+            build_inputs(subjects, augmented_spec(spec, i, args.random_seed),
+                         nprocs=args.nprocs, cache_dir=cache) for i in range(args.copies)])
+        copy_of = np.tile(np.arange(len(subjects)), args.copies)
+    return Member(name, x, sklearn_fit(name, args), copies, copy_of)
+
+
+def penalty_text(args) -> str:
+    return ("penalty by 5-fold CV over participants inside the training data, each image's "
+            "copies in its fold" if getattr(args, "copies", 0) else
+            "penalty by leave-one-out CV inside the training data")
+
+
 ARCHITECTURES = {
     "rf": lambda args: (
         f"RandomForestRegressor({args.rf_trees} trees, max_features 0.33, min_samples_leaf 2) "
         f"on the 100-bin histogram of {HISTOGRAMS[args.rf_normalization]} inside the template "
         f"brain eroded by 2 voxels"),
     "morph": lambda args: (
-        "standardised features, ridge (penalty by leave-one-out CV inside the training data) "
+        f"standardised features, ridge ({penalty_text(args)}) "
         "on log-Jacobians of a SyN warp to the template and rank-normalised intensities, both "
         "at 8 mm inside the template brain eroded by 2 voxels"),
     "tissue": lambda args: (
-        "standardised features, ridge (penalty by leave-one-out CV inside the training data) "
+        f"standardised features, ridge ({penalty_text(args)}) "
         "on grey- and white-matter fractions (unmixed between the class means of a 3-class "
         "mixture of log intensities with the template's tissue priors) warped to the "
         "template's by SyN and modulated by its Jacobian, smoothed (8 mm FWHM) at 4 mm inside "
@@ -222,7 +245,19 @@ def training_card(subjects, ages, args, excluded) -> dict:
         "age_min": round(float(ages.min()), 2), "age_max": round(float(ages.max()), 2),
         "sites": sorted({s.site for s in subjects}), "seed": args.random_seed,
         "excluded_participants": sorted(excluded),
+        **({"augmentation": augmentation_card(args)} if getattr(args, "copies", 0) else {}),
     }
+
+
+def augmentation_card(args) -> dict:
+    from bids_brainage.training.augment import SCHEME
+
+    return {"copies_per_image": args.copies, "models": sorted(SKLEARN_MODELS), **SCHEME,
+            "about": "domain-randomised copies of each image on the 2 mm MNI grid: grey/white "
+                     "contrast times U(contrast), a tight strip (mask and above the CSF/GM "
+                     "midpoint) with probability `tight`, Rician noise of sd U(noise) x WM "
+                     "mean; same age; training rows only (never scored), the participant's "
+                     "fold in every CV"}
 
 
 def write_models(model_dir: Path, cards: list[dict]) -> Path:
@@ -307,9 +342,7 @@ def run(args) -> int:
     defaults = [n for n in (d.strip() for d in args.defaults.split(",")) if n in names]
     LOG.info("%d images of %d participants; models %s (defaults %s)", len(ages),
              len(set(groups)), names, defaults)
-    members = [Member(n, build_inputs(subjects, member_input(n, args), nprocs=args.nprocs,
-                                      cache_dir=cache), sklearn_fit(n, args))
-               for n in names if n in SKLEARN_MODELS]
+    members = [sklearn_member(n, subjects, args, cache) for n in names if n in SKLEARN_MODELS]
     common = {
         "version": __version__, "training": training_card(subjects, ages, args, excluded),
         "versions": _versions(), "date": _dt.date.today().isoformat(),

@@ -163,3 +163,22 @@ def test_each_normalisation_puts_the_white_matter_peak_where_it_promises(strippe
     if method == "twopoint":
         assert info["peaks"]["GM"] == pytest.approx(0.75, abs=1e-6)
         assert peaks[-2] == pytest.approx(0.75, abs=0.08), peaks
+
+
+def test_deepbet_loads_once_when_two_threads_ask():
+    """The warm-up thread loads deepbet while the first steps run; skull stripping that comes
+    meanwhile waits for that load and gets the same network (not a second load)."""
+    import threading
+
+    from bids_brainage.preproc import skullstrip
+
+    skullstrip._load_deepbet.cache_clear()
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(skullstrip._deepbet()))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 2 and got[0] is got[1]
+    assert skullstrip._load_deepbet.cache_info().misses == 1

@@ -19,7 +19,7 @@ SUBSET = ["IXI012", "IXI015", "IXI034", "IXI039", "IXI052", "IXI056", "IXI057", 
 TINY = ["--models", "rf,tissue,resnet34,morph", "--defaults", "rf,tissue", "--rf-trees", "50",
         "--folds", "3", "--repeats", "2", "--resnet-depth", "10", "--resnet-width", "4",
         "--resnet-epochs", "2", "--resnet-batch-size", "4", "--resnet-normalization",
-        "quantile", "--nprocs", "2"]
+        "quantile", "--copies", "0", "--nprocs", "2"]
 
 
 @pytest.fixture(scope="module")

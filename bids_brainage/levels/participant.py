@@ -296,9 +296,7 @@ def _run_workflow(settings, images, ages, predict: bool, values: dict, warm=None
                    "maxtasksperchild": 1000, "mp_context": "forkserver",
                    "status_callback": Progress(images)}
     if runs_in_this_process(settings, images):
-        plugin = "Linear"
-        if warm is not None:
-            warm.deepbet_ready.wait()  # rather than loading deepbet a second time
+        plugin = "Linear"  # conform runs while deepbet loads: skull stripping waits for it
     else:
         plugin = multiproc_plugin(plugin_args, values)
     mark("workflow_start")

@@ -32,14 +32,14 @@ def needs_deepbet(settings) -> bool:
 
 
 class WarmUp(threading.Thread):
-    """Loads ahead in a daemon thread. ``deepbet_ready`` is set once the first big step can
-    start without loading; :meth:`stop` ends it after the current item (a run that ends early
-    should not leave an import running while the interpreter exits)."""
+    """Loads ahead in a daemon thread (deepbet first: a step that needs it meanwhile waits
+    for this load, ``preproc.skullstrip._deepbet``); :meth:`stop` ends it after the current
+    item (a run that ends early should not leave an import running while the interpreter
+    exits)."""
 
     def __init__(self, settings):
         super().__init__(name="warm-up", daemon=True)
         self.settings = settings
-        self.deepbet_ready = threading.Event()
         self._stopping = threading.Event()
 
     def _items(self):
@@ -54,7 +54,6 @@ class WarmUp(threading.Thread):
 
                 _deepbet()
             yield deepbet
-        yield self.deepbet_ready.set
         for name in STEP_MODULES:
             yield lambda name=name: importlib.import_module(name)
 
@@ -74,8 +73,6 @@ class WarmUp(threading.Thread):
                 item()
         except Exception as exc:  # noqa: BLE001 - the step itself will meet it and say so
             LOG.debug("warm-up stopped: %s: %s", type(exc).__name__, exc)
-        finally:
-            self.deepbet_ready.set()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import nibabel as nib
 import numpy as np
@@ -13,8 +14,18 @@ from bids_brainage.preproc.mask import largest_component, nonzero_mask
 STRIPPED_MAX_LITRES = 2.5
 
 
-@functools.lru_cache(maxsize=1)
+_DEEPBET_LOCK = threading.Lock()
+
+
 def _deepbet():
+    """deepbet's network, loaded once per process; a caller that comes while another thread
+    loads it (the warm-up, ``levels.warmup``) waits for that load instead of loading twice."""
+    with _DEEPBET_LOCK:
+        return _load_deepbet()
+
+
+@functools.lru_cache(maxsize=1)
+def _load_deepbet():
     from deepbet.bet import BrainExtraction
 
     return BrainExtraction(no_gpu=True)

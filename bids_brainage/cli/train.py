@@ -71,13 +71,14 @@ def get_parser() -> argparse.ArgumentParser:
                    help="predict as the mean over the brain and its mirror image")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="ResNet: no random flips and shifts while training")
-    p.add_argument("--copies", type=int, default=1, metavar="N",
+    p.add_argument("--copies", type=int, default=0, metavar="N",
                    help="add N domain-randomised copies of every training image (random "
                         "grey/white contrast, a tight strip half the time, Rician noise; "
                         "same age) to the training rows of the forest and ridge models; "
                         "copies are never scored, and penalties are then chosen by folds of "
-                        "participants (see training/augment.py); 0: none (default 1, as the "
-                        "bundled models)")
+                        "participants (see training/augment.py). Default 0, as the bundled "
+                        "models: one copy cost 0.2 y of nested-CV MAE and did not make the "
+                        "app's robustness variants move less (docs/models.md)")
     p.add_argument("--robustness", type=int, default=0, metavar="N",
                    help="fit the default models without N participants and run those "
                         "participants' images changed as datasets change them (stripped "

@@ -5,7 +5,8 @@ Eight participant-level processes (one participant each, own work folders, one o
 folder) start at once; all complete, every file is whole, ``dataset_description.json`` and
 ``logs/`` are consistent, and the group level then sees all eight. To keep eight jobs on two
 cores affordable the eight images are the example's three brains skull-stripped beforehand
-(from the session's example run), so no job runs deepbet, and only the forest predicts;
+(from the session's example run) taken as they are (``--skull-strip none``), so no job runs
+deepbet, and only the forest predicts;
 every other step runs for real.
 """
 from __future__ import annotations
@@ -53,7 +54,7 @@ def participant(data: Path, out: Path, work: Path, label: str) -> list[str]:
     # and they write the same files
     return [sys.executable, "-m", "bids_brainage", str(data), str(out), "participant",
             "--participant-label", label, "-w", str(work), "--nprocs", "1",
-            "--skip-bids-validation", "--no-report", "--models", "rf"]
+            "--skip-bids-validation", "--no-report", "--models", "rf", "--skull-strip", "none"]
 
 
 def start_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:

@@ -182,3 +182,32 @@ def test_deepbet_loads_once_when_two_threads_ask():
         thread.join()
     assert len(got) == 2 and got[0] is got[1]
     assert skullstrip._load_deepbet.cache_info().misses == 1
+
+
+def test_an_input_stripped_loosely_or_tightly_is_restripped_inside_its_mask(stripped):
+    """``auto`` on an already stripped image: deepbet again inside the non-zero voxels. A
+    loose strip (the DLMUSE mask dilated by 3 mm) loses most of what the dilation added; a
+    tight one (dark voxels removed) keeps its voxels and gains none of the removed sulci."""
+    import nibabel as nib
+
+    from bids_brainage.preproc.skullstrip import raw_mask
+    from bids_brainage.training.robustness import dilate_mm, tight_mask
+
+    img, ref = stripped
+    data = img.get_fdata(dtype=np.float32)
+    zooms = img.header.get_zooms()[:3]
+    loose = dilate_mm(ref, 3.0, zooms)
+    as_given = nib.Nifti1Image(np.where(loose, data, 0).astype(np.float32), img.affine)
+    mask, method = skull_strip(as_given, "auto", threads=2)
+    assert method == "restrip" and not (mask & ~loose).any()
+    added = loose & ~ref
+    assert (mask & added).sum() < 0.4 * added.sum()
+    assert dice(mask, ref) > dice(loose, ref) + 0.03
+
+    tight = tight_mask(data, ref)
+    as_given = nib.Nifti1Image(np.where(tight, data, 0).astype(np.float32), img.affine)
+    mask, method = raw_mask(as_given, "auto", threads=2)  # before holes are filled
+    assert method == "restrip" and not (mask & ~tight).any()
+    assert mask.sum() > 0.97 * tight.sum()
+    # taken as it is, the same input keeps every non-zero voxel
+    assert skull_strip(as_given, "none")[1] == "none"

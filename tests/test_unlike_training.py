@@ -77,8 +77,9 @@ def test_a_child_and_a_stripped_scan_are_predicted_flagged_and_quiet(tmp_path, e
     assert sidecar["flags"]["outside_training_range"] == [r["model"] for r in rows]
 
     stripped = json.loads((out / "sub-STRIPPED/anat/sub-STRIPPED_brainage.json").read_text())
-    assert stripped["skull_strip"] == "none"
-    assert any("skull stripping skipped" in w for w in stripped["warnings"])
+    # a stripped input is stripped again by deepbet inside its non-zero voxels
+    assert stripped["skull_strip"] == "restrip"
+    assert any("deepbet stripped it again" in w for w in stripped["warnings"])
 
     # quiet: one progress line per image and step, and the few lines around them
     assert "nipype" not in result.stderr and "Traceback" not in result.stderr

@@ -156,6 +156,9 @@ def qc_warnings(files: dict, normalization: dict, skull_strip_method: str, age) 
                         f"(< {REGISTRATION_DICE_WARN}); check the report")
     if skull_strip_method == "none":
         warnings.append("skull stripping skipped: the input was taken as already skull-stripped")
+    elif skull_strip_method == "restrip":
+        warnings.append("the input looked skull-stripped already: deepbet stripped it again "
+                        "inside its non-zero voxels (what the other strip removed stays out)")
     peaks = normalization.get("peaks", {})
     if peaks and not peaks.get("CSF", 0) < peaks.get("GM", 0) < peaks.get("WM", 0):
         warnings.append(f"intensity: tissue peaks out of order {peaks}; is this a T1w image?")

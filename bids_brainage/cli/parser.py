@@ -11,7 +11,7 @@ from pathlib import Path
 from bids_brainage import __version__
 
 NORMALIZATIONS = ("gmm", "zscore", "whitestripe", "fcm", "twopoint")
-SKULL_STRIP = ("auto", "deepbet", "none")
+SKULL_STRIP = ("auto", "deepbet", "restrip", "none")
 REGISTRATIONS = ("affine", "syn")
 MODEL_CHOICES = ("rf", "resnet34", "morph", "ensemble", "all")
 BIAS_FITS = ("model", "cohort")
@@ -102,8 +102,11 @@ def get_parser() -> argparse.ArgumentParser:
     proc.add_argument(
         "--skull-strip", "--skull_strip", dest="skull_strip", choices=SKULL_STRIP,
         default="auto",
-        help="deepbet: always strip; none: the input is already skull-stripped (mask = "
-        "non-zero voxels); auto: none when the image looks skull-stripped, else deepbet",
+        help="deepbet: always strip; restrip: the input is already skull-stripped, deepbet "
+        "strips it again inside its non-zero voxels (a loose strip loses its dura, a tight "
+        "one keeps what it has); none: the input is already skull-stripped, mask = its "
+        "non-zero voxels; auto (default): restrip when the image looks skull-stripped "
+        "(non-zero volume < 2.5 l), else deepbet",
     )
     proc.add_argument(
         "--registration", choices=REGISTRATIONS, default="affine",

@@ -65,7 +65,7 @@ class Conform(TimedInterface):
 
 class _SkullStripInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True)
-    method = traits.Enum("auto", "deepbet", "none", usedefault=True)
+    method = traits.Enum("auto", "deepbet", "none", "restrip", usedefault=True)
     threads = traits.Int(1, usedefault=True, nohash=True)
 
 
@@ -76,7 +76,8 @@ class _SkullStripOutputSpec(TraitedSpec):
 
 
 class SkullStrip(TimedInterface):
-    """Brain mask by deepbet, or the non-zero voxels of an already stripped image."""
+    """Brain mask by deepbet; for an already stripped image, deepbet's inside its non-zero
+    voxels, or those voxels (``preproc.skullstrip.raw_mask``)."""
 
     input_spec = _SkullStripInputSpec
     output_spec = _SkullStripOutputSpec
@@ -84,17 +85,10 @@ class SkullStrip(TimedInterface):
     def _run(self, cwd):
         import numpy as np
 
-        from bids_brainage.preproc.mask import nonzero_mask
-        from bids_brainage.preproc.skullstrip import deepbet_mask, looks_skull_stripped
+        from bids_brainage.preproc.skullstrip import raw_mask
 
         img = _load(self.inputs.in_file)
-        method = self.inputs.method
-        if method == "auto":
-            method = "none" if looks_skull_stripped(img) else "deepbet"
-        if method == "deepbet":
-            mask = deepbet_mask(img, threads=self.inputs.threads)
-        else:
-            mask = nonzero_mask(np.asanyarray(img.dataobj))
+        mask, method = raw_mask(img, self.inputs.method, threads=self.inputs.threads)
         if not mask.any():
             # the conformed copy in the work dir is not the user's file: the caller names that
             raise ValueError(f"skull stripping ({method}) found no brain")

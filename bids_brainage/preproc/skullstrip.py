@@ -12,6 +12,9 @@ from bids_brainage.preproc.mask import largest_component, nonzero_mask
 
 # A whole head with skull and neck is 4-6 litres of non-zero voxels; a brain 1-1.8 litres.
 STRIPPED_MAX_LITRES = 2.5
+# re-stripping a stripped input keeps 0.90-0.95 of a loose strip's voxels and > 0.99 of a
+# good or tight one's (the robustness variants of 5 pool images); less means deepbet failed
+RESTRIP_MIN_KEEP = 0.8
 
 
 _DEEPBET_LOCK = threading.Lock()
@@ -58,18 +61,33 @@ def deepbet_mask(img: nib.Nifti1Image, threshold: float = 0.5, threads: int = 1)
     return bet.postprocess(prob > threshold)
 
 
-def skull_strip(img: nib.Nifti1Image, method: str = "auto", threads: int = 1):
-    """Return ``(mask, method_used)``: the cleaned brain mask and which method made it.
+def raw_mask(img: nib.Nifti1Image, method: str = "auto", threads: int = 1):
+    """``(mask, method_used)`` before the largest-component clean-up.
 
-    ``method`` is ``deepbet``, ``none`` (non-zero voxels of an already stripped image) or
-    ``auto`` (``none`` when the image looks skull-stripped, else ``deepbet``).
+    ``deepbet``: deepbet's mask. ``none``: the non-zero voxels (the input is taken as
+    stripped). ``restrip``: deepbet's mask inside the non-zero voxels, so an input stripped
+    loosely (dura, some skull) loses what deepbet would not keep, and one stripped tightly
+    gains nothing (deepbet alone would put the zeroed sulci back in the brain as fake CSF);
+    if that keeps under :data:`RESTRIP_MIN_KEEP` of the non-zero voxels (deepbet failing on
+    an odd input) the non-zero voxels are used (``none``). ``auto``: ``restrip`` when the
+    image looks skull-stripped, else ``deepbet``.
     """
     if method == "auto":
-        method = "none" if looks_skull_stripped(img) else "deepbet"
+        method = "restrip" if looks_skull_stripped(img) else "deepbet"
     if method == "deepbet":
-        mask = deepbet_mask(img, threads=threads)
-    elif method == "none":
-        mask = nonzero_mask(np.asanyarray(img.dataobj))
-    else:
+        return deepbet_mask(img, threads=threads), method
+    if method not in ("none", "restrip"):
         raise ValueError(f"unknown skull-strip method {method!r}")
+    nonzero = nonzero_mask(np.asanyarray(img.dataobj))
+    if method == "restrip":
+        inside = deepbet_mask(img, threads=threads) & nonzero
+        if inside.sum() >= RESTRIP_MIN_KEEP * nonzero.sum():
+            return inside, method
+    return nonzero, "none"
+
+
+def skull_strip(img: nib.Nifti1Image, method: str = "auto", threads: int = 1):
+    """Return ``(mask, method_used)``: the cleaned brain mask and which method made it
+    (see :func:`raw_mask`)."""
+    mask, method = raw_mask(img, method, threads)
     return largest_component(mask), method

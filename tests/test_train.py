@@ -131,7 +131,7 @@ def test_training_with_copies(trained, ixi_pool, tmp_path):
     cards = load_cards(models)
     augmentation = cards["tissue"]["training"]["augmentation"]
     assert augmentation["copies_per_image"] == 1 and augmentation["tight"] == 0.5
-    assert "folds" in cards["tissue"]["architecture"]
+    assert "over participants" in cards["tissue"]["architecture"]
     assert cards["ensemble"]["validation"]["nested_cv"]["n"] == len(SUBSET)
     plain = load_cards(trained[0])
     assert cards["tissue"]["sha256"] != plain["tissue"]["sha256"]

@@ -122,9 +122,9 @@ def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     (one row per region), and the regions.
 
     Row 0 is exactly ``model_inputs(mni, mask, spec)``, made from the same normalisation.
-    Without a region, the input is made again from the remaining voxels (their percentiles anchor the log normalisation), with
-    the whole brain's tissue class means kept (a mixture fit per region would cost seconds
-    and move little).
+    Without a region, the input is made again from the remaining voxels (their percentiles
+    anchor the log normalisation), with the whole brain's tissue class means kept (a mixture
+    fit per region would cost seconds and move little).
     """
     from bids_brainage.features.histogram import HIST_RANGE, intensity_histogram
     from bids_brainage.models.predict import model_region, tissue_fractions

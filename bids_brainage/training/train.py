@@ -108,7 +108,7 @@ def sklearn_member(name: str, subjects, args, cache: Path) -> Member:
     spec = member_input(name, args)
     x = build_inputs(subjects, spec, nprocs=args.nprocs, cache_dir=cache)
     copies = copy_of = None
-    if getattr(args, "copies", 0):
+    if args.copies:
         copies = np.concatenate([
             build_inputs(subjects, augmented_spec(spec, i, args.random_seed),
                          nprocs=args.nprocs, cache_dir=cache) for i in range(args.copies)])
@@ -116,23 +116,25 @@ def sklearn_member(name: str, subjects, args, cache: Path) -> Member:
     return Member(name, x, sklearn_fit(name, args), copies, copy_of)
 
 
-def penalty_text(args) -> str:
-    return ("penalty by 5-fold CV over participants inside the training data, each image's "
-            "copies in its fold" if getattr(args, "copies", 0) else
+def penalty_text(grouped: bool) -> str:
+    """How ``train_ridge`` chose the penalty: by folds of participants when a participant
+    has several training rows (copies or sessions), else by leave-one-out."""
+    return ("penalty by 5-fold CV over participants inside the training data, each "
+            "participant's images and copies in one fold" if grouped else
             "penalty by leave-one-out CV inside the training data")
 
 
 ARCHITECTURES = {
-    "rf": lambda args: (
+    "rf": lambda args, grouped: (
         f"RandomForestRegressor({args.rf_trees} trees, max_features 0.33, min_samples_leaf 2) "
         f"on the 100-bin histogram of {HISTOGRAMS[args.rf_normalization]} inside the template "
         f"brain eroded by 2 voxels"),
-    "morph": lambda args: (
-        f"standardised features, ridge ({penalty_text(args)}) "
+    "morph": lambda args, grouped: (
+        f"standardised features, ridge ({penalty_text(grouped)}) "
         "on log-Jacobians of a SyN warp to the template and rank-normalised intensities, both "
         "at 8 mm inside the template brain eroded by 2 voxels"),
-    "tissue": lambda args: (
-        f"standardised features, ridge ({penalty_text(args)}) "
+    "tissue": lambda args, grouped: (
+        f"standardised features, ridge ({penalty_text(grouped)}) "
         "on grey- and white-matter fractions (unmixed between the class means of a 3-class "
         "mixture of log intensities with the template's tissue priors) warped to the "
         "template's by SyN and modulated by its Jacobian, smoothed (8 mm FWHM) at 4 mm inside "
@@ -245,7 +247,7 @@ def training_card(subjects, ages, args, excluded) -> dict:
         "age_min": round(float(ages.min()), 2), "age_max": round(float(ages.max()), 2),
         "sites": sorted({s.site for s in subjects}), "seed": args.random_seed,
         "excluded_participants": sorted(excluded),
-        **({"augmentation": augmentation_card(args)} if getattr(args, "copies", 0) else {}),
+        **({"augmentation": augmentation_card(args)} if args.copies else {}),
     }
 
 
@@ -390,10 +392,11 @@ def run(args) -> int:
         reliability = reliability_card(args, subjects, ages, groups, nested, cache)
 
         source = f"{args.folds}-fold cross-validation out-of-fold predictions on every image"
+        grouped = bool(args.copies) or len(set(groups)) < len(groups)  # as train_ridge chose
         for member in members:
             card = {"name": member.name, "kind": "forest" if member.name == "rf" else "ridge",
                     "file": save_member(member.name, final.models[member.name], model_dir),
-                    "architecture": ARCHITECTURES[member.name](args),
+                    "architecture": ARCHITECTURES[member.name](args, grouped),
                     "input": member_input(member.name, args), **common,
                     "preprocessing": preprocessing(member_input(member.name, args)),
                     "default": member.name in defaults,

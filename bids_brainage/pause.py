@@ -28,6 +28,11 @@ def pause_point(name: str) -> None:
         return
     marker = os.environ.get(ENV_MARKER)
     if marker:
-        Path(marker).write_text(f"{name} {os.getpid()}\n")
+        # written aside and renamed: the test polls for the path and reads it at once, and a
+        # plain write_text lets it see the file created but still empty
+        path = Path(marker)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(f"{name} {os.getpid()}\n")
+        os.replace(temporary, path)
     while True:  # the test kills the process group now
         time.sleep(3600)

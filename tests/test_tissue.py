@@ -95,3 +95,34 @@ def test_a_shrunken_brain_has_negative_log_jacobians():
     maps = tissue.warp_tissue(post)
     _, feature_mask = tissue._fixed()
     assert maps["logjac"][feature_mask].mean() < -0.05
+
+
+def test_warp_with_threads_in_its_own_process_gives_the_same_numbers():
+    """The warp's update is voxelwise: with two ITK threads, in the helper process, its maps
+    are the same to the bit as in this process; a helper that dies is replaced by this
+    process, with the same numbers again; stopping leaves no process behind."""
+    from scipy import ndimage
+
+    data, mask = _template_brain()
+    centre = np.array(data.shape) / 2
+    matrix = np.eye(3) * 1.05  # a brain 5 % smaller than the template's
+    offset = centre - matrix @ centre
+    moved = ndimage.affine_transform(data, matrix, offset, order=1)
+    moved_mask = ndimage.affine_transform(mask.astype(np.float32), matrix, offset, order=0) > 0.5
+    post, _ = tissue.segment(moved, moved_mask)
+    here = tissue.warp_tissue(post, threads=1)
+    try:
+        helper = tissue.start_warp_helper(2)
+        there = tissue.warp_tissue(post, threads=2)
+        for key in ("gm", "wm", "logjac"):
+            assert np.array_equal(here[key], there[key]), key
+        helper.process.kill()
+        helper.process.wait()
+        again = tissue.warp_tissue(post, threads=2)  # the dead helper: warped here instead
+        assert np.array_equal(here["gm"], again["gm"])
+        assert 2 not in tissue._helpers
+        tissue.start_warp_helper(2)
+    finally:
+        processes = [h.process for h in tissue._helpers.values()]
+        tissue.stop_warp_helpers()
+    assert all(p.poll() is not None for p in processes) and not tissue._helpers

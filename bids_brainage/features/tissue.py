@@ -14,7 +14,11 @@ at each place of the brain much less. So:
    between the class means (a 1.5 T-like lower grey/white contrast). Voxels outside the
    brain mask, or zero inside it (holes a tight strip filled), count as neither GM nor WM.
 2. **Warp** the tissue composite (GM + 2 WM) to the template's, segmented the same way
-   (antspyx SyN, mean squares, single-threaded and seeded) at :data:`WARP_MM`.
+   (antspyx SyN, mean squares, seeded) at :data:`WARP_MM`. Its update is voxelwise, so
+   its result is the same to the bit with 1, 2, 3 or 4 ITK threads (measured); ITK reads
+   its thread count once per process, and a run's process has fixed it at one for the
+   affine registration (whose global metric sums do depend on it), so with more threads
+   the warp runs in a helper process of its own (:func:`start_warp_helper`).
 3. **Modulate**: the warped GM and WM fractions times the Jacobian determinant of the warp
    (tissue volume per template voxel, as VBM's "modulated" maps), smoothed by
    :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`.
@@ -28,7 +32,9 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import tempfile
+import threading
 
 import numpy as np
 
@@ -175,15 +181,29 @@ def _ants_image(data: np.ndarray, voxel_mm: float):
                            spacing=(float(voxel_mm),) * 3)
 
 
-def warp_tissue(post: np.ndarray, seed: int = 20240) -> dict:
+def warp_tissue(post: np.ndarray, seed: int = 20240, threads: int = 1) -> dict:
     """Warp GM and WM posteriors to the template: modulated maps and the log-Jacobian, all at
-    :data:`WARP_MM` on the template grid."""
-    import ants
-
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-    ants.config._random_seed = seed
+    :data:`WARP_MM` on the template grid. With ``threads`` > 1 the warp runs in the helper
+    process that uses them (the same numbers; here when the helper cannot run)."""
     f = WARP_MM // 2
     gm, wm = block_mean(post[1], f), block_mean(post[2], f)
+    if threads > 1:
+        try:
+            return start_warp_helper(threads).warp(gm, wm, seed)
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            import logging
+
+            logging.getLogger("bids_brainage.participant").debug(
+                "tissue warp helper unavailable (%s): warping in this process", exc)
+            _stop_helper(threads)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    return _warp(gm, wm, seed)
+
+
+def _warp(gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
+    import ants
+
+    ants.config._random_seed = seed
     fixed_data, _ = _fixed()
     fixed = _ants_image(fixed_data, WARP_MM)
     moving = _ants_image(gm + 2 * wm, WARP_MM)
@@ -203,16 +223,108 @@ def warp_tissue(post: np.ndarray, seed: int = 20240) -> dict:
             "fixed": fixed_data}
 
 
+# ---------------------------------------------------------------- the multi-threaded warp
+_helpers: dict = {}
+_helpers_lock = threading.Lock()
+
+
+class WarpHelper:
+    """A Python process of its own (``python -c`` :func:`_serve`, not multiprocessing: that
+    would import the caller's main script again) that warps with ``threads`` ITK threads.
+    Requests and results are pickled over its stdin and stdout, one at a time."""
+
+    def __init__(self, threads: int):
+        import subprocess
+        import sys
+
+        env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from bids_brainage.features.tissue import _serve; _serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.lock = threading.Lock()
+
+    def warp(self, gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
+        with self.lock:
+            pickle.dump((gm, wm, seed), self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.process.stdin.flush()
+            ok, value = pickle.load(self.process.stdout)
+        if not ok:
+            raise RuntimeError(f"tissue warp failed in its helper process: {value}")
+        return value
+
+    def stop(self) -> None:
+        try:
+            self.process.stdin.close()  # end of input: the helper returns
+            self.process.wait(timeout=10)
+        except (OSError, ValueError):
+            pass
+        except Exception:  # noqa: BLE001 - a helper that does not end is ended
+            self.process.kill()
+            self.process.wait()
+        finally:
+            self.process.stdout.close()
+
+
+def _serve() -> None:
+    """The helper's loop: load what a warp needs, then answer requests until stdin ends."""
+    import sys
+
+    import ants  # noqa: F401 - first, with the thread count of this process's environment
+
+    _fixed()
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed must not corrupt the answers
+    while True:
+        try:
+            gm, wm, seed = pickle.load(requests)
+        except EOFError:
+            return
+        try:
+            answer = (True, _warp(gm, wm, seed))
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, who raises it
+            answer = (False, f"{type(exc).__name__}: {exc}")
+        pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.flush()
+
+
+def start_warp_helper(threads: int) -> WarpHelper:
+    """The process that warps with ``threads`` ITK threads (started once per process and
+    thread count; it loads ants and the template's composite right away, so the warm-up
+    starts it while the first steps run). Stopped at exit, or by :func:`stop_warp_helpers`."""
+    with _helpers_lock:
+        if threads not in _helpers:
+            import atexit
+
+            if not _helpers:
+                atexit.register(stop_warp_helpers)
+            _helpers[threads] = WarpHelper(threads)
+        return _helpers[threads]
+
+
+def _stop_helper(threads: int) -> None:
+    with _helpers_lock:
+        helper = _helpers.pop(threads, None)
+    if helper is not None:
+        helper.stop()
+
+
+def stop_warp_helpers() -> None:
+    """Stop every helper of this process (each ends when its input ends)."""
+    for threads in list(_helpers):
+        _stop_helper(threads)
+
+
 FEATURE_MAPS = ("gm", "wm")
 
 
-def tissue_features(mni: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1) -> np.ndarray:
     """The ``tissue`` model's input: modulated GM and WM fractions, smoothed by
-    :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`."""
+    :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`
+    (``threads``: the warp's, which do not change it)."""
     from scipy import ndimage
 
     post, _ = segment(mni, mask)
-    maps = warp_tissue(post)
+    maps = warp_tissue(post, threads=threads)
     _, feature_mask = _fixed()
     sigma = SMOOTH_FWHM_MM / (2 * np.sqrt(2 * np.log(2))) / WARP_MM
     parts = []

@@ -160,6 +160,10 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     in_mask = File(exists=True, mandatory=True)
     method = traits.Enum("affine", "syn", usedefault=True)
     threads = traits.Int(1, usedefault=True, nohash=True)
+    tissue_warp_threads = traits.Int(
+        0, usedefault=True, nohash=True,
+        desc="> 1: start the tissue warp's process with this many threads now, to load on "
+             "the core this single-threaded registration leaves idle (see features.tissue)")
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -182,6 +186,11 @@ class Register(TimedInterface):
         import numpy as np
 
         from bids_brainage.preproc.register import register_to_template
+
+        if self.inputs.tissue_warp_threads > 1:
+            from bids_brainage.features.tissue import start_warp_helper
+
+            start_warp_helper(self.inputs.tissue_warp_threads)
 
         brain = _load(self.inputs.in_brain)
         mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0

@@ -2,7 +2,7 @@
 be, while the process waits for something else.
 
 - :func:`start_warm_up`: a thread that imports torch and loads deepbet's model (the first big
-  step), then the libraries of the later steps (SimpleITK, antspyx, scikit-learn) and fills
+  step), then the libraries of the later steps (SimpleITK, antspyx, scikit-learn), fills
   the template caches. It runs while the main thread waits for the BIDS validator (a
   process of its own) and while deepbet's network runs (torch releases the GIL); a process
   that runs the steps itself (one image) then finds them loaded.
@@ -58,11 +58,17 @@ class WarmUp(threading.Thread):
             yield lambda name=name: importlib.import_module(name)
 
         def caches():
-            from bids_brainage.features.tissue import tissue_priors
+            from bids_brainage.features import tissue
+            from bids_brainage.models.registry import selected_features
             from bids_brainage.preproc.template import template_2mm
 
             template_2mm()
-            tissue_priors()
+            tissue.tissue_priors()
+            if self.settings.omp_nthreads == 1 and "tissue" in selected_features(
+                    self.settings.model_dir, self.settings.models):
+                # the warp's target, built once per process (with more threads, the warp's
+                # own process builds it: the registration step starts that process)
+                tissue._fixed()  # noqa: SLF001
         yield caches
 
     def run(self) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from bids_brainage.models.registry import verified_file
 
 
-def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
+def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict, threads: int = 1):
     """The input a model card's ``input`` spec asks for, from the un-normalised 2 mm MNI brain.
 
     ``{"feature": "histogram", "normalization": "gmm"}`` gives the 100-bin density histogram;
@@ -23,7 +23,8 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     and 90th percentiles at 0 and 1; both the same for any ``c * x**g``);
     ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.features.morphometry`);
     ``{"feature": "tissue"}`` modulated GM and WM maps and log-Jacobians
-    (:mod:`bids_brainage.features.tissue`).
+    (:mod:`bids_brainage.features.tissue`). ``threads`` speed up the tissue warp and change
+    no number.
     """
     from bids_brainage.features.histogram import intensity_histogram
     from bids_brainage.preproc.normalize import (
@@ -42,7 +43,7 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
 
         # the whole brain mask: GM/WM maps need no eroded region, a tight or loose strip
         # changes only the CSF around the edge, which is neither
-        return tissue_features(mni, mask)
+        return tissue_features(mni, mask, threads=threads)
     mask = model_region(mask, spec)
     if feature == "morphometry":
         from bids_brainage.features.morphometry import REGION_ERODE, morphometry_features
@@ -153,7 +154,7 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
     def inputs(spec):
         key = repr(sorted(spec.items()))
         if key not in cache:
-            cache[key] = model_inputs(mni, mask, spec)
+            cache[key] = model_inputs(mni, mask, spec, threads)
         return cache[key]
 
     for name in names:

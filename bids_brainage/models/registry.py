@@ -80,6 +80,17 @@ def select_models(cards: dict[str, dict], requested) -> list[str]:
     return names
 
 
+def selected_features(model_dir, requested) -> set[str]:
+    """The input features (``histogram+tissue``, ``tissue``, ...) the selected models read;
+    empty when the model directory cannot be read (the run itself reports that)."""
+    try:
+        cards = load_cards(model_dir)
+        return {(cards[n].get("input") or {}).get("feature", "histogram")
+                for n in select_models(cards, requested) if cards[n].get("kind") != "ensemble"}
+    except Exception:  # noqa: BLE001 - the model check refuses such a directory, loudly
+        return set()
+
+
 def verified_file(card: dict, key: str = "file") -> Path:
     """The path of a card's file after checking that it exists and matches its sha256."""
     path = Path(card["_dir"]) / card[key]

@@ -111,7 +111,12 @@ def init_image_wf(*, image, settings, age, predict: bool = True, name: str) -> p
         (timings, sink, [("timings", "timings")]),
     ])
     if predict:
-        from bids_brainage.models.registry import cards_sha256
+        from bids_brainage.models.registry import cards_sha256, selected_features
+
+        if settings.omp_nthreads > 1 and "tissue" in selected_features(settings.model_dir,
+                                                                        settings.models):
+            # the tissue warp's own process loads while the registration keeps one core
+            preproc_wf.get_node("register").inputs.tissue_warp_threads = settings.omp_nthreads
 
         predictor = pe.Node(Predict(
             model_dir=str(settings.model_dir or ""), models=list(settings.models),

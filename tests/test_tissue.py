@@ -126,3 +126,25 @@ def test_warp_with_threads_in_its_own_process_gives_the_same_numbers():
         processes = [h.process for h in tissue._helpers.values()]
         tissue.stop_warp_helpers()
     assert all(p.poll() is not None for p in processes) and not tissue._helpers
+
+
+def test_predictions_with_threads_equal_those_without():
+    """predict_ages begins the tissue warp in its helper and does the forest's work
+    meanwhile: the rows, the reliability and the contribution map are those of one thread."""
+    from bids_brainage.models.predict import predict_ages
+    from bids_brainage.models.registry import default_models, load_cards
+
+    data, mask = _template_brain()
+    data = data * 1000.0 / data[mask].mean()
+    cards = load_cards()
+    names = default_models(cards)
+    assert any((cards[n].get("input") or {}).get("feature") == "tissue" for n in names)
+    try:
+        one = predict_ages(data, mask, cards, names, threads=1, age=40.0, explain=True)
+        two = predict_ages(data, mask, cards, names, threads=2, age=40.0, explain=True)
+    finally:
+        tissue.stop_warp_helpers()
+    assert one[0] == two[0]
+    assert one[1]["reliability"] == two[1]["reliability"]
+    a, b = one[1]["contributions"], two[1]["contributions"]
+    assert np.array_equal(a.pop("map"), b.pop("map")) and a == b

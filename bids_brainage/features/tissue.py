@@ -30,6 +30,7 @@ log-Jacobian or a second smoothing scale did not help.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
 import pickle
@@ -169,8 +170,15 @@ def _fixed():
     brain = template_mask(tpl)
     post, _ = segment(tpl.get_fdata(dtype=np.float32), brain, fractions=False)
     composite = block_mean(post[1] + 2 * post[2], WARP_MM // 2)
-    feature_mask = block_mean(brain.astype(np.float32), FEATURE_MM // 2) > 0.5
-    return composite, feature_mask
+    return composite, feature_mask()
+
+
+@functools.lru_cache(maxsize=None)
+def feature_mask() -> np.ndarray:
+    """Where the features are read: the template brain at :data:`FEATURE_MM` (cheap; the
+    composite of :func:`_fixed` takes half a second)."""
+    brain = template_mask(template_2mm())
+    return block_mean(brain.astype(np.float32), FEATURE_MM // 2) > 0.5
 
 
 def _ants_image(data: np.ndarray, voxel_mm: float):
@@ -185,19 +193,44 @@ def warp_tissue(post: np.ndarray, seed: int = 20240, threads: int = 1) -> dict:
     """Warp GM and WM posteriors to the template: modulated maps and the log-Jacobian, all at
     :data:`WARP_MM` on the template grid. With ``threads`` > 1 the warp runs in the helper
     process that uses them (the same numbers; here when the helper cannot run)."""
+    return start_warp(post, seed, threads)()
+
+
+def start_warp(post: np.ndarray, seed: int = 20240, threads: int = 1):
+    """:func:`warp_tissue` begun: with ``threads`` > 1 the helper warps while the caller goes
+    on; the function returned waits for it and gives the maps (with one thread, or when the
+    helper cannot run, it warps in this process when called)."""
     f = WARP_MM // 2
     gm, wm = block_mean(post[1], f), block_mean(post[2], f)
-    if threads > 1:
-        try:
-            return start_warp_helper(threads).warp(gm, wm, seed)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            import logging
 
-            logging.getLogger("bids_brainage.participant").debug(
-                "tissue warp helper unavailable (%s): warping in this process", exc)
-            _stop_helper(threads)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-    return _warp(gm, wm, seed)
+    def here() -> dict:
+        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+        return _warp(gm, wm, seed)
+
+    if threads <= 1:
+        return here
+    try:
+        helper = start_warp_helper(threads)
+    except OSError as exc:
+        return _fallback(here, threads, exc)
+    answer = _waiter.submit(helper.warp, gm, wm, seed)  # a thread waits on the pipe
+
+    def there() -> dict:
+        try:
+            return answer.result()
+        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            return _fallback(here, threads, exc)()
+
+    return there
+
+
+def _fallback(here, threads: int, exc: Exception):
+    import logging
+
+    logging.getLogger("bids_brainage.participant").debug(
+        "tissue warp helper unavailable (%s): warping in this process", exc)
+    _stop_helper(threads)
+    return here
 
 
 def _warp(gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
@@ -226,6 +259,7 @@ def _warp(gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
 # ---------------------------------------------------------------- the multi-threaded warp
 _helpers: dict = {}
 _helpers_lock = threading.Lock()
+_waiter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tissue-warp")
 
 
 class WarpHelper:
@@ -321,14 +355,25 @@ def tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1) -> np.n
     """The ``tissue`` model's input: modulated GM and WM fractions, smoothed by
     :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`
     (``threads``: the warp's, which do not change it)."""
-    from scipy import ndimage
+    return start_tissue_features(mni, mask, threads)()
 
+
+def start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1):
+    """:func:`tissue_features` begun (segmented, the warp handed to its helper with
+    ``threads`` > 1); the function returned finishes it."""
     post, _ = segment(mni, mask)
-    maps = warp_tissue(post, threads=threads)
-    _, feature_mask = _fixed()
-    sigma = SMOOTH_FWHM_MM / (2 * np.sqrt(2 * np.log(2))) / WARP_MM
-    parts = []
-    for key in FEATURE_MAPS:
-        smooth = ndimage.gaussian_filter(maps[key], sigma)
-        parts.append(block_mean(smooth, FEATURE_MM // WARP_MM)[feature_mask])
-    return np.concatenate(parts).astype(np.float64)
+    warped = start_warp(post, threads=threads)
+
+    def finish() -> np.ndarray:
+        from scipy import ndimage
+
+        maps = warped()
+        inside = feature_mask()
+        sigma = SMOOTH_FWHM_MM / (2 * np.sqrt(2 * np.log(2))) / WARP_MM
+        parts = []
+        for key in FEATURE_MAPS:
+            smooth = ndimage.gaussian_filter(maps[key], sigma)
+            parts.append(block_mean(smooth, FEATURE_MM // WARP_MM)[inside])
+        return np.concatenate(parts).astype(np.float64)
+
+    return finish

@@ -63,7 +63,7 @@ def tissue_map(contributions: np.ndarray) -> np.ndarray:
     from bids_brainage.features import tissue
     from bids_brainage.preproc.template import template_2mm
 
-    _, feature_mask = tissue._fixed()
+    feature_mask = tissue.feature_mask()
     n = int(feature_mask.sum())
     coarse = np.zeros(feature_mask.shape, np.float32)
     for k in range(len(tissue.FEATURE_MAPS)):

@@ -151,17 +151,38 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
 
     rows, ages, cache = [], {}, {}
 
+    def key_of(spec: dict) -> str:
+        return repr(sorted(spec.items()))
+
     def inputs(spec):
-        key = repr(sorted(spec.items()))
+        key = key_of(spec)
         if key not in cache:
             cache[key] = model_inputs(mni, mask, spec, threads)
+        if callable(cache[key]):  # begun below: wait for it
+            cache[key] = cache[key]()
         return cache[key]
 
-    for name in names:
-        card = cards[name]
-        if card.get("kind") != "ensemble":
-            ages[name] = load_predictor(card, threads)(inputs(card.get("input", {})))
+    plain = [n for n in names if cards[n].get("kind") != "ensemble"]
+    begun = set()
+    if threads > 1:
+        # the tissue warp runs in a process of its own with the threads: begin it, and do
+        # the other models' work (their ages, the forest's occlusion map) while it runs
+        from bids_brainage.features.tissue import start_tissue_features
+
+        for name in plain:
+            spec = cards[name].get("input") or {}
+            if spec.get("feature") == "tissue":
+                if key_of(spec) not in cache:
+                    cache[key_of(spec)] = start_tissue_features(mni, mask, threads)
+                begun.add(name)
     ensembles = [cards[n] for n in names if cards[n].get("kind") == "ensemble"]
+    for name in [n for n in plain if n not in begun]:
+        ages[name] = load_predictor(cards[name], threads)(inputs(cards[name].get("input", {})))
+    contributions = (explain_models(cards, names, ensembles, inputs, mni, mask)
+                     if explain else None)
+    for name in [n for n in plain if n in begun]:
+        ages[name] = load_predictor(cards[name], threads)(inputs(cards[name].get("input", {})))
+    ages = {name: ages[name] for name in plain}  # the cards' order, whatever ran first
     for card in ensembles:
         ages[card["name"]] = float(card.get("intercept", 0.0)) + sum(
             float(w) * ages[m] for m, w in card["members"].items())
@@ -184,7 +205,7 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
                      "flag": flag})
     details = {"reliability": assessment}
     if explain:
-        details["contributions"] = explain_models(cards, names, ensembles, inputs, mni, mask)
+        details["contributions"] = contributions
     return rows, details
 
 

@@ -16,7 +16,8 @@ Each run gets fresh output and work folders; then the same command runs again on
 
 - the wall time, and the peak resident memory of the whole process tree (the app, nipype's
   forkserver workers, the validator's deno): /proc of every descendant sampled every 50 ms,
-  RSS summed (an upper bound: shared pages count once per process) and PSS summed;
+  RSS summed (an upper bound: shared pages count once per process), and PSS summed
+  once a second (reading it costs the run it measures CPU: see ``TreeMemory``);
 - each stage's seconds from the ``_brainage.json`` sidecar;
 - the time outside the stages, broken down with the wall-clock markers the app writes when
   ``BIDS_BRAINAGE_TIMELINE`` is set (:mod:`bids_brainage.timeline`);
@@ -113,37 +114,47 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def _rss_pss(pid: int) -> tuple[int, int]:
+def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm") as fh:
-            rss = int(fh.read().split()[1]) * PAGE
-        pss = 0
+            return int(fh.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _pss(pid: int) -> int:
+    try:
         with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
                 if line.startswith("Pss:"):
-                    pss = int(line.split()[1]) * 1024
-                    break
-        return rss, pss
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
-        return 0, 0
+        pass
+    return 0
 
 
 class TreeMemory(threading.Thread):
-    """Samples the summed RSS and PSS of a process and all its descendants until stopped."""
+    """Samples the summed RSS of a process and all its descendants every ``interval``, and
+    their summed PSS every ``pss_interval``, until stopped. PSS is read seldom: the kernel
+    walks a process's page tables for it, ~25 ms of CPU per sample of a 1 GB process, and
+    at 20 samples a second that took a third of a core from the run being measured (RSS,
+    from statm, costs microseconds)."""
 
-    def __init__(self, pid: int, interval: float = 0.05):
+    def __init__(self, pid: int, interval: float = 0.05, pss_interval: float = 1.0):
         super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
+        self.pid, self.interval, self.pss_interval = pid, interval, pss_interval
         self.peak_rss = self.peak_pss = 0
         self.max_processes = 0
         self._done = threading.Event()
 
     def run(self):
+        last_pss = 0.0
         while not self._done.is_set():
             tree = process_tree(self.pid)
-            sizes = [_rss_pss(p) for p in tree]
-            self.peak_rss = max(self.peak_rss, sum(s[0] for s in sizes))
-            self.peak_pss = max(self.peak_pss, sum(s[1] for s in sizes))
+            self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in tree))
+            if time.monotonic() - last_pss >= self.pss_interval:
+                last_pss = time.monotonic()
+                self.peak_pss = max(self.peak_pss, sum(_pss(p) for p in tree))
             self.max_processes = max(self.max_processes, len(tree))
             self._done.wait(self.interval)
 

@@ -288,7 +288,7 @@ class WarpHelper:
 
     def stop(self) -> None:
         try:
-            self.process.stdin.close()  # end of input: the helper returns
+            self.process.stdin.close()  # end of input: the helper exits
             self.process.wait(timeout=10)
         except (OSError, ValueError):
             pass
@@ -311,8 +311,9 @@ def _serve() -> None:
     while True:
         try:
             gm, wm, seed = pickle.load(requests)
-        except EOFError:
-            return
+        except EOFError:  # the caller is done: exit without the interpreter's teardown
+            sys.stderr.flush()  # (half a second freeing what ITK loaded, for nothing)
+            os._exit(0)
         try:
             answer = (True, _warp(gm, wm, seed))
         except Exception as exc:  # noqa: BLE001 - reported to the caller, who raises it

@@ -14,7 +14,8 @@ Where things live (one concept, one home):
 - ``reports/``     participant and group HTML reports and their figures
 - ``bids/``        BIDS in and out: validator, T1w discovery, participants.tsv, derivatives
 - ``config.py``    the resolved settings of a run; ``io.py`` atomic writes, checked image
-  loading, the work-dir lock; ``pause.py`` a test hook that stops a run at a named point
+  loading, the work-dir lock; ``helper.py`` the run's second process (deepbet and the tissue
+  warp with several threads); ``pause.py`` a test hook that stops a run at a named point
 - ``data/``        the bundled template and models (files, not code)
 """
 

@@ -184,6 +184,25 @@ def test_deepbet_loads_once_when_two_threads_ask():
     assert skullstrip._load_deepbet.cache_info().misses == 1
 
 
+def test_deepbet_in_the_helper_process_gives_this_process_mask(stripped):
+    """With two threads deepbet runs in the run's helper process (which loaded it early):
+    the mask is the one this process makes with two threads; a helper that died is
+    replaced by this process, with the same mask."""
+    from bids_brainage import helper
+    from bids_brainage.preproc.skullstrip import deepbet_mask, mask_of
+
+    img, _ = stripped
+    here = mask_of(np.asarray(img.dataobj, dtype=np.float32), 0.5, 2)
+    try:
+        there = deepbet_mask(img, threads=2)
+        assert np.array_equal(here, there)
+        helper.helper(2).process.kill()
+        helper.helper(2).process.wait()
+        assert np.array_equal(here, deepbet_mask(img, threads=2))  # in this process
+    finally:
+        helper.stop_helpers()
+
+
 def test_an_input_stripped_loosely_or_tightly_is_restripped_inside_its_mask(stripped):
     """``auto`` on an already stripped image: deepbet again inside the non-zero voxels. A
     loose strip (the DLMUSE mask dilated by 3 mm) loses most of what the dilation added; a

@@ -110,22 +110,24 @@ def test_warp_with_threads_in_its_own_process_gives_the_same_numbers():
     moved = ndimage.affine_transform(data, matrix, offset, order=1)
     moved_mask = ndimage.affine_transform(mask.astype(np.float32), matrix, offset, order=0) > 0.5
     post, _ = tissue.segment(moved, moved_mask)
+    from bids_brainage import helper
+
     here = tissue.warp_tissue(post, threads=1)
     try:
-        helper = tissue.start_warp_helper(2)
+        process = helper.helper(2).process
         there = tissue.warp_tissue(post, threads=2)
         for key in ("gm", "wm", "logjac"):
             assert np.array_equal(here[key], there[key]), key
-        helper.process.kill()
-        helper.process.wait()
+        process.kill()
+        process.wait()
         again = tissue.warp_tissue(post, threads=2)  # the dead helper: warped here instead
         assert np.array_equal(here["gm"], again["gm"])
-        assert 2 not in tissue._helpers
-        tissue.start_warp_helper(2)
+        assert 2 not in helper._helpers
+        helper.helper(2)
     finally:
-        processes = [h.process for h in tissue._helpers.values()]
-        tissue.stop_warp_helpers()
-    assert all(p.poll() is not None for p in processes) and not tissue._helpers
+        processes = [h.process for h in helper._helpers.values()]
+        helper.stop_helpers()
+    assert all(p.poll() is not None for p in processes) and not helper._helpers
 
 
 def test_predictions_with_threads_equal_those_without():
@@ -143,7 +145,9 @@ def test_predictions_with_threads_equal_those_without():
         one = predict_ages(data, mask, cards, names, threads=1, age=40.0, explain=True)
         two = predict_ages(data, mask, cards, names, threads=2, age=40.0, explain=True)
     finally:
-        tissue.stop_warp_helpers()
+        from bids_brainage.helper import stop_helpers
+
+        stop_helpers()
     assert one[0] == two[0]
     assert one[1]["reliability"] == two[1]["reliability"]
     a, b = one[1]["contributions"], two[1]["contributions"]

@@ -18,7 +18,7 @@ at each place of the brain much less. So:
    its result is the same to the bit with 1, 2, 3 or 4 ITK threads (measured); ITK reads
    its thread count once per process, and a run's process has fixed it at one for the
    affine registration (whose global metric sums do depend on it), so with more threads
-   the warp runs in a helper process of its own (:func:`start_warp_helper`).
+   the warp runs in the run's helper process (:mod:`bids_brainage.helper`).
 3. **Modulate**: the warped GM and WM fractions times the Jacobian determinant of the warp
    (tissue volume per template voxel, as VBM's "modulated" maps), smoothed by
    :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`.
@@ -30,12 +30,9 @@ log-Jacobian or a second smoothing scale did not help.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import os
-import pickle
 import tempfile
-import threading
 
 import numpy as np
 
@@ -209,28 +206,16 @@ def start_warp(post: np.ndarray, seed: int = 20240, threads: int = 1):
 
     if threads <= 1:
         return here
-    try:
-        helper = start_warp_helper(threads)
-    except OSError as exc:
-        return _fallback(here, threads, exc)
-    answer = _waiter.submit(helper.warp, gm, wm, seed)  # a thread waits on the pipe
+    from bids_brainage import helper
 
-    def there() -> dict:
-        try:
-            return answer.result()
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            return _fallback(here, threads, exc)()
-
-    return there
+    return helper.run_there(threads, here, __name__, "_warp", gm, wm, seed)
 
 
-def _fallback(here, threads: int, exc: Exception):
-    import logging
+def prepare_warp() -> None:
+    """What a warp loads (ants, the template's composite): a helper process runs this early."""
+    import ants  # noqa: F401
 
-    logging.getLogger("bids_brainage.participant").debug(
-        "tissue warp helper unavailable (%s): warping in this process", exc)
-    _stop_helper(threads)
-    return here
+    _fixed()
 
 
 def _warp(gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
@@ -254,99 +239,6 @@ def _warp(gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
     jac = np.exp(logjac)
     return {"gm": warped[0] * jac, "wm": warped[1] * jac, "logjac": logjac.astype(np.float32),
             "fixed": fixed_data}
-
-
-# ---------------------------------------------------------------- the multi-threaded warp
-_helpers: dict = {}
-_helpers_lock = threading.Lock()
-_waiter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="tissue-warp")
-
-
-class WarpHelper:
-    """A Python process of its own (``python -c`` :func:`_serve`, not multiprocessing: that
-    would import the caller's main script again) that warps with ``threads`` ITK threads.
-    Requests and results are pickled over its stdin and stdout, one at a time."""
-
-    def __init__(self, threads: int):
-        import subprocess
-        import sys
-
-        env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads))
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from bids_brainage.features.tissue import _serve; _serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self.lock = threading.Lock()
-
-    def warp(self, gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
-        with self.lock:
-            pickle.dump((gm, wm, seed), self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self.process.stdin.flush()
-            ok, value = pickle.load(self.process.stdout)
-        if not ok:
-            raise RuntimeError(f"tissue warp failed in its helper process: {value}")
-        return value
-
-    def stop(self) -> None:
-        try:
-            self.process.stdin.close()  # end of input: the helper exits
-            self.process.wait(timeout=10)
-        except (OSError, ValueError):
-            pass
-        except Exception:  # noqa: BLE001 - a helper that does not end is ended
-            self.process.kill()
-            self.process.wait()
-        finally:
-            self.process.stdout.close()
-
-
-def _serve() -> None:
-    """The helper's loop: load what a warp needs, then answer requests until stdin ends."""
-    import sys
-
-    import ants  # noqa: F401 - first, with the thread count of this process's environment
-
-    _fixed()
-    requests, answers = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # anything printed must not corrupt the answers
-    while True:
-        try:
-            gm, wm, seed = pickle.load(requests)
-        except EOFError:  # the caller is done: exit without the interpreter's teardown
-            sys.stderr.flush()  # (half a second freeing what ITK loaded, for nothing)
-            os._exit(0)
-        try:
-            answer = (True, _warp(gm, wm, seed))
-        except Exception as exc:  # noqa: BLE001 - reported to the caller, who raises it
-            answer = (False, f"{type(exc).__name__}: {exc}")
-        pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
-        answers.flush()
-
-
-def start_warp_helper(threads: int) -> WarpHelper:
-    """The process that warps with ``threads`` ITK threads (started once per process and
-    thread count; it loads ants and the template's composite right away, so the warm-up
-    starts it while the first steps run). Stopped at exit, or by :func:`stop_warp_helpers`."""
-    with _helpers_lock:
-        if threads not in _helpers:
-            import atexit
-
-            if not _helpers:
-                atexit.register(stop_warp_helpers)
-            _helpers[threads] = WarpHelper(threads)
-        return _helpers[threads]
-
-
-def _stop_helper(threads: int) -> None:
-    with _helpers_lock:
-        helper = _helpers.pop(threads, None)
-    if helper is not None:
-        helper.stop()
-
-
-def stop_warp_helpers() -> None:
-    """Stop every helper of this process (each ends when its input ends)."""
-    for threads in list(_helpers):
-        _stop_helper(threads)
 
 
 FEATURE_MAPS = ("gm", "wm")

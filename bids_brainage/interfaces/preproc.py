@@ -162,8 +162,8 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     threads = traits.Int(1, usedefault=True, nohash=True)
     tissue_warp_threads = traits.Int(
         0, usedefault=True, nohash=True,
-        desc="> 1: start the tissue warp's process with this many threads now, to load on "
-             "the core this single-threaded registration leaves idle (see features.tissue)")
+        desc="> 1: the helper process with this many threads loads the tissue warp now, on "
+             "the core this single-threaded registration leaves idle (bids_brainage.helper)")
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -187,10 +187,14 @@ class Register(TimedInterface):
 
         from bids_brainage.preproc.register import register_to_template
 
-        if self.inputs.tissue_warp_threads > 1:
-            from bids_brainage.features.tissue import start_warp_helper
+        if self.inputs.tissue_warp_threads > 1:  # the helper loads what the warp needs
+            from bids_brainage.helper import UNREACHABLE, helper
 
-            start_warp_helper(self.inputs.tissue_warp_threads)
+            try:
+                helper(self.inputs.tissue_warp_threads).submit(
+                    "bids_brainage.features.tissue", "prepare_warp")
+            except UNREACHABLE:  # the warp will say so, and run here
+                pass
 
         brain = _load(self.inputs.in_brain)
         mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0

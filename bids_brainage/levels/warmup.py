@@ -2,7 +2,8 @@
 be, while the process waits for something else.
 
 - :func:`start_warm_up`: a thread that imports torch and loads deepbet's model (the first big
-  step), then the libraries of the later steps (SimpleITK, antspyx, scikit-learn), fills
+  step; with several threads the run's helper process does that, :mod:`bids_brainage.helper`),
+  then the libraries of the later steps (SimpleITK, antspyx, scikit-learn), fills
   the template caches. It runs while the main thread waits for the BIDS validator (a
   process of its own) and while deepbet's network runs (torch releases the GIL); a process
   that runs the steps itself (one image) then finds them loaded.
@@ -45,14 +46,21 @@ class WarmUp(threading.Thread):
     def _items(self):
         import importlib
 
+        threads = max(1, self.settings.omp_nthreads)
         if needs_deepbet(self.settings):
             def deepbet():
-                import torch
+                if threads > 1:  # skull stripping runs in the helper: it loads there, now
+                    from bids_brainage.helper import UNREACHABLE, helper
 
-                torch.set_num_threads(max(1, self.settings.omp_nthreads))
-                from bids_brainage.preproc.skullstrip import _deepbet
+                    try:
+                        helper(threads).submit("bids_brainage.preproc.skullstrip",
+                                               "prepare_deepbet", threads)
+                        return
+                    except UNREACHABLE:  # the step will strip here: load here
+                        pass
+                from bids_brainage.preproc.skullstrip import prepare_deepbet
 
-                _deepbet()
+                prepare_deepbet(threads)
             yield deepbet
         for name in STEP_MODULES:
             yield lambda name=name: importlib.import_module(name)
@@ -64,10 +72,10 @@ class WarmUp(threading.Thread):
 
             template_2mm()
             tissue.tissue_priors()
-            if self.settings.omp_nthreads == 1 and "tissue" in selected_features(
-                    self.settings.model_dir, self.settings.models):
-                # the warp's target, built once per process (with more threads, the warp's
-                # own process builds it: the registration step starts that process)
+            if threads == 1 and "tissue" in selected_features(self.settings.model_dir,
+                                                              self.settings.models):
+                # the warp's target, built once per process (with more threads, the helper
+                # builds it: the registration step asks it to)
                 tissue._fixed()  # noqa: SLF001
         yield caches
 

@@ -51,14 +51,31 @@ def looks_skull_stripped(img: nib.Nifti1Image) -> bool:
 
 
 def deepbet_mask(img: nib.Nifti1Image, threshold: float = 0.5, threads: int = 1) -> np.ndarray:
-    """Brain mask of a RAS+ image predicted by deepbet (boolean array on the image grid)."""
+    """Brain mask of a RAS+ image predicted by deepbet (boolean array on the image grid);
+    with ``threads`` > 1, in the run's helper process (:mod:`bids_brainage.helper`), which
+    loaded the network while this process did other work (the same numbers)."""
+    x = np.asarray(img.dataobj, dtype=np.float32)
+    if threads <= 1:
+        return mask_of(x, threshold, threads)
+    from bids_brainage import helper
+
+    return helper.run_there(threads, lambda: mask_of(x, threshold, threads), __name__,
+                            "mask_of", x, threshold, threads)()
+
+
+def mask_of(x: np.ndarray, threshold: float, threads: int) -> np.ndarray:
+    """deepbet's mask of the array ``x`` (RAS+), with torch on ``threads`` threads."""
+    prepare_deepbet(threads)
+    bet = _deepbet()
+    return bet.postprocess(bet.run_model(x.copy()) > threshold)
+
+
+def prepare_deepbet(threads: int) -> None:
+    """torch on ``threads`` threads and deepbet's network loaded (a helper runs this early)."""
     import torch
 
     torch.set_num_threads(max(1, threads))
-    bet = _deepbet()
-    x = np.asarray(img.dataobj, dtype=np.float32)
-    prob = bet.run_model(x.copy())
-    return bet.postprocess(prob > threshold)
+    _deepbet()
 
 
 def raw_mask(img: nib.Nifti1Image, method: str = "auto", threads: int = 1):

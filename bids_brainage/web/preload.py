@@ -29,13 +29,17 @@ def warm_up(threads: int) -> None:
     os.environ.update(environment)  # before torch and ITK read them
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     start = time.perf_counter()
-    import torch
-
-    torch.set_num_threads(threads)
-    from bids_brainage.preproc.skullstrip import _deepbet
     from bids_brainage.workflows import participant  # noqa: F401 - nipype and the interfaces
 
-    _deepbet()
+    if threads > 1:  # deepbet and the tissue warp run in the helper process with the threads
+        from bids_brainage.helper import helper
+
+        helper(threads).call("bids_brainage.preproc.skullstrip", "prepare_deepbet", threads)
+        helper(threads).call("bids_brainage.features.tissue", "prepare_warp")
+    else:
+        from bids_brainage.preproc.skullstrip import prepare_deepbet
+
+        prepare_deepbet(threads)
     names = keep_models_loaded(threads)
     LOG.info("worker process %d ready in %.1f s: deepbet and models %s loaded, %d thread(s)",
              os.getpid(), time.perf_counter() - start, ", ".join(names), threads)

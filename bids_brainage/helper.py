@@ -1,0 +1,158 @@
+"""The run's second process: the steps that can use several threads, run beside this one.
+
+A one-image run does its steps in its own process, one after the other; most use one core
+(the affine registration and N4 must: ITK's threaded sums would make their results depend on
+the thread count). Two steps can use the others without changing a number:
+
+- **deepbet's network** (torch, ``--omp-nthreads`` threads, as in this process): the helper
+  imports torch and loads the network from the start of the run, on a core of its own, while
+  this process waits for the validator, builds the workflow and conforms the image. In this
+  process the same loading held the interpreter's lock and the skull strip waited for it.
+- **the tissue warp** (:mod:`bids_brainage.features.tissue`): its SyN update is voxelwise,
+  the same to the bit with 1-4 ITK threads (measured), but ITK fixes its thread count once
+  per process, and this process has fixed it at one for the affine registration.
+
+The helper is a plain ``python -c`` process (not multiprocessing, whose "spawn" imports the
+caller's main script again) answering pickled requests on its stdin, one at a time, in
+order: ``(module, function, args)`` of this package. A caller that cannot reach it (it died,
+it could not start) does the work itself, with the same numbers. Started once per process
+and thread count (:func:`helper`), stopped at exit.
+"""
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import importlib
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+
+LOG = logging.getLogger("bids_brainage.participant")
+# what reaching the helper can raise: it died (EOF, broken pipe), could not start (OSError)
+UNREACHABLE = (OSError, EOFError, pickle.UnpicklingError)
+
+_helpers: dict[int, Helper] = {}
+_lock = threading.Lock()
+
+
+class Helper:
+    """One helper process with ``threads`` threads for torch and ITK."""
+
+    def __init__(self, threads: int):
+        env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads),
+                   OMP_NUM_THREADS=str(threads), BIDS_BRAINAGE_HELPER_THREADS=str(threads))
+        self.threads = threads
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from bids_brainage.helper import serve; serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._lock = threading.Lock()
+        # requests go out and answers come back in a thread of this process, so that a
+        # caller can go on meanwhile (submit); one at a time, in the order submitted
+        self._sender = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="helper")
+
+    def call(self, module: str, function: str, *args):
+        """``module.function(*args)`` in the helper; raises what it raised there (as a
+        RuntimeError) or one of :data:`UNREACHABLE`."""
+        with self._lock:
+            pickle.dump((module, function, args), self.process.stdin,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+            self.process.stdin.flush()
+            ok, value = pickle.load(self.process.stdout)
+        if not ok:
+            raise RuntimeError(value)
+        return value
+
+    def submit(self, module: str, function: str, *args) -> concurrent.futures.Future:
+        """:meth:`call` begun; the future's result is the call's."""
+        return self._sender.submit(self.call, module, function, *args)
+
+    def stop(self) -> None:
+        self._sender.shutdown(wait=False, cancel_futures=True)
+        try:
+            self.process.stdin.close()  # end of input: the helper exits
+            self.process.wait(timeout=10)
+        except (OSError, ValueError):
+            pass
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        finally:
+            self.process.stdout.close()
+
+
+def serve() -> None:
+    """The helper's loop: answer requests until stdin ends, then exit at once."""
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed must not corrupt the answers
+    while True:
+        try:
+            module, function, args = pickle.load(requests)
+        except EOFError:  # the caller is done: exit without the interpreter's teardown
+            sys.stderr.flush()  # (half a second freeing what torch and ITK loaded)
+            os._exit(0)
+        try:
+            if not module.startswith("bids_brainage."):
+                raise ValueError(f"not a bids_brainage function: {module}.{function}")
+            answer = (True, getattr(importlib.import_module(module), function)(*args))
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, who raises it
+            answer = (False, f"{type(exc).__name__}: {exc}")
+        pickle.dump(answer, answers, protocol=pickle.HIGHEST_PROTOCOL)
+        answers.flush()
+
+
+def threads_here() -> int | None:
+    """In a helper, its thread count; None elsewhere."""
+    value = os.environ.get("BIDS_BRAINAGE_HELPER_THREADS")
+    return int(value) if value else None
+
+
+def helper(threads: int) -> Helper:
+    """This process's helper with ``threads`` threads, started on first use."""
+    with _lock:
+        if threads not in _helpers:
+            if not _helpers:
+                atexit.register(stop_helpers)
+            _helpers[threads] = Helper(threads)
+        return _helpers[threads]
+
+
+def run_there(threads: int, here, module: str, function: str, *args):
+    """``module.function(*args)`` in the helper with ``threads`` threads, begun now; returns a
+    function that gives its result, or ``here()``'s (the same work in this process) when the
+    helper cannot be reached."""
+    try:
+        answer = helper(threads).submit(module, function, *args)
+    except UNREACHABLE as exc:
+        return _instead(here, threads, exc)
+
+    def result():
+        try:
+            return answer.result()
+        except UNREACHABLE as exc:
+            return _instead(here, threads, exc)()
+
+    return result
+
+
+def _instead(here, threads: int, exc: Exception):
+    LOG.debug("helper process unavailable (%s: %s): working in this process",
+              type(exc).__name__, exc)
+    stop_helper(threads)
+    return here
+
+
+def stop_helper(threads: int) -> None:
+    with _lock:
+        found = _helpers.pop(threads, None)
+    if found is not None:
+        found.stop()
+
+
+def stop_helpers() -> None:
+    """Stop every helper of this process (each exits when its input ends)."""
+    for threads in list(_helpers):
+        stop_helper(threads)

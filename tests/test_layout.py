@@ -148,20 +148,3 @@ def test_reads_only_the_requested_participants_folders(tree, monkeypatch):
     assert [im.prefix for im in find_t1w(tree, ("02",), ("pre",))] == ["sub-02_ses-pre"]
     inside = {p.relative_to(tree).parts[0] for p in opened if p != tree}
     assert inside == {"sub-02"}, opened
-
-
-def test_deno_keeps_its_cache_in_the_users_cache_folder(tmp_path, monkeypatch):
-    """DENO_DIR wins; else the user's cache folder (shared by runs: the validator's bundle is
-    compiled once); else, when that cannot be written, the work dir's fallback."""
-    from bids_brainage.bids.validate import deno_cache
-
-    fallback = tmp_path / "work" / ".cache" / "deno"
-    monkeypatch.setenv("DENO_DIR", str(tmp_path / "mine"))
-    assert deno_cache(fallback) == tmp_path / "mine"
-    monkeypatch.delenv("DENO_DIR")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert deno_cache(fallback) == tmp_path / "cache" / "bids_brainage" / "deno"
-    assert (tmp_path / "cache" / "bids_brainage" / "deno").is_dir()
-    (tmp_path / "blocked").write_text("a file where the folder would be")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "blocked"))
-    assert deno_cache(fallback) == fallback

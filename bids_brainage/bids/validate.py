@@ -3,8 +3,7 @@
 The validator is a JavaScript bundle run by deno. Its PyPI wrapper starts deno with
 ``--allow-net``, and a dataset naming a HED schema the bundle does not hold makes it download
 one; here deno runs the bundle itself with network access denied (``--deny-net``), no
-permission prompts, no update check and its cache in the user's cache folder
-(:func:`deno_cache`). A schema that would
+permission prompts, no update check and its cache in the run's work dir. A schema that would
 need a download is reported as such (exit 16), with the way round it.
 
 A run with a work dir remembers a valid dataset (:func:`validate_bids_cached`): the same files
@@ -155,25 +154,6 @@ def _validator_version() -> str:
     return f"{bundle} {info.st_size} {info.st_mtime_ns}"
 
 
-def deno_cache(fallback: Path) -> Path:
-    """Where deno keeps its cache: ``DENO_DIR`` when set, else ``bids_brainage/deno`` in the
-    user's cache folder (``XDG_CACHE_HOME``, ``~/.cache``), shared by the runs of this user:
-    deno compiles the validator's 10 MB bundle once there (V8's code cache) and a first run in
-    a new work dir then takes 0.35 s instead of 0.9 s (measured). ``fallback`` (the work dir's)
-    when that folder cannot be written."""
-    if os.environ.get("DENO_DIR"):
-        return Path(os.environ["DENO_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    folder = base / "bids_brainage" / "deno"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if os.access(folder, os.W_OK):
-            return folder
-    except OSError:
-        pass
-    return fallback
-
-
 def validate_bids_cached(bids_dir: Path, work_dir: Path | None,
                          dataset_type: str | None = None) -> list[str]:
     """:func:`validate_bids`, unless this work dir saw the same dataset files pass the same
@@ -189,7 +169,7 @@ def validate_bids_cached(bids_dir: Path, work_dir: Path | None,
         return list(json.loads(record.read_text())["warnings"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    warnings = validate_bids(bids_dir, dataset_type, cache_dir=deno_cache(cache / "deno"))
+    warnings = validate_bids(bids_dir, dataset_type, cache_dir=cache / "deno")
     try:
         atomic_write_json(record, {"bids_dir": str(bids_dir), "warnings": warnings})
     except OSError:  # a read-only work dir: validated, just not remembered

@@ -3,8 +3,8 @@ be, while the process waits for something else.
 
 - :func:`start_warm_up`: a thread that imports torch and loads deepbet's model (the first big
   step; with several threads the run's helper process does that, :mod:`bids_brainage.helper`),
-  then the libraries of the later steps (SimpleITK, antspyx, scikit-learn), fills
-  the template caches. It runs while the main thread waits for the BIDS validator (a
+  then nipype and the workflow's interfaces, the libraries of the later steps (SimpleITK,
+  antspyx, scikit-learn), and fills the template caches. It runs while the main thread waits for the BIDS validator (a
   process of its own) and while deepbet's network runs (torch releases the GIL); a process
   that runs the steps itself (one image) then finds them loaded.
 - :func:`keep_models_loaded`: a process that predicts many images (a nipype worker, a web
@@ -62,7 +62,9 @@ class WarmUp(threading.Thread):
 
                 prepare_deepbet(threads)
             yield deepbet
-        for name in STEP_MODULES:
+        # nipype and the interfaces (the workflow is built from them once the validator
+        # has answered: the main thread waits for it meanwhile), then the steps' libraries
+        for name in ("bids_brainage.workflows.participant", *STEP_MODULES):
             yield lambda name=name: importlib.import_module(name)
 
         def caches():

@@ -4,9 +4,10 @@ be, while the process waits for something else.
 - :func:`start_warm_up`: a thread that imports torch and loads deepbet's model (the first big
   step; with several threads the run's helper process does that, :mod:`bids_brainage.helper`),
   then nipype and the workflow's interfaces, the libraries of the later steps (SimpleITK,
-  antspyx, scikit-learn), and fills the template caches. It runs while the main thread waits for the BIDS validator (a
-  process of its own) and while deepbet's network runs (torch releases the GIL); a process
-  that runs the steps itself (one image) then finds them loaded.
+  antspyx, scikit-learn), and fills the template caches. It runs while the main thread
+  waits for the BIDS validator (a process of its own) and while deepbet's network runs
+  (torch releases the GIL); a process that runs the steps itself (one image) then finds
+  them loaded.
 - :func:`keep_models_loaded`: a process that predicts many images (a nipype worker, a web
   worker) loads each model once; the weight file is still checked against its card's sha256
   at every use.

@@ -85,10 +85,12 @@ ENV BIDS_BRAINAGE_CONTAINER=bidsbrainage/bids_brainage:$VERSION \
     DENO_NO_UPDATE_CHECK=1 \
     DENO_NO_PROMPT=1
 
-# pip check fails the build if the lock is incomplete or outside setup.cfg's ranges.
+# pip check fails the build if the lock is incomplete or outside setup.cfg's ranges; the
+# validator's bundle is compiled once into /opt/venv/share (a run's work dir starts with it).
 COPY --from=package /dist /tmp/dist
 RUN PIP_NO_CACHE_DIR=1 pip install --no-deps --no-index /tmp/dist/*.whl \
  && rm -rf /tmp/dist \
+ && python -c "from bids_brainage.bids.validate import compile_validator as c; import sys; sys.exit(not c())" \
  && PIP_DISABLE_PIP_VERSION_CHECK=1 pip check \
  && python -c "import torch, sys; sys.exit(torch.version.cuda is not None)"
 

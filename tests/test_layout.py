@@ -148,3 +148,24 @@ def test_reads_only_the_requested_participants_folders(tree, monkeypatch):
     assert [im.prefix for im in find_t1w(tree, ("02",), ("pre",))] == ["sub-02_ses-pre"]
     inside = {p.relative_to(tree).parts[0] for p in opened if p != tree}
     assert inside == {"sub-02"}, opened
+
+
+def test_a_new_work_dir_starts_with_the_validator_compiled(tmp_path, monkeypatch):
+    """compile_validator fills a deno cache; validate_bids_cached copies it into a new work
+    dir's cache before deno runs (never over an existing one), and the run passes."""
+    from bids_brainage.bids import validate
+
+    compiled = tmp_path / "share" / "deno"
+    if not validate.compile_validator(compiled):
+        pytest.skip("deno or the validator's bundle is not installed")
+    assert any(compiled.iterdir())
+    monkeypatch.setattr(validate, "COMPILED_CACHE", compiled)
+    work = tmp_path / "work"
+    assert validate.validate_bids_cached(EXAMPLE, work) is not None
+    copied = sorted(p.name for p in (work / ".cache" / "deno").iterdir())
+    assert set(p.name for p in compiled.iterdir()) <= set(copied)
+    (tmp_path / "other").mkdir()
+    existing = tmp_path / "other" / ".cache" / "deno"
+    existing.mkdir(parents=True)
+    validate._seed_cache(existing)
+    assert not any(existing.iterdir())

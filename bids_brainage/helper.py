@@ -43,8 +43,7 @@ class Helper:
 
     def __init__(self, threads: int):
         env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(threads),
-                   OMP_NUM_THREADS=str(threads), BIDS_BRAINAGE_HELPER_THREADS=str(threads))
-        self.threads = threads
+                   OMP_NUM_THREADS=str(threads))
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from bids_brainage.helper import serve; serve()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -104,12 +103,6 @@ def serve() -> None:
         answers.flush()
 
 
-def threads_here() -> int | None:
-    """In a helper, its thread count; None elsewhere."""
-    value = os.environ.get("BIDS_BRAINAGE_HELPER_THREADS")
-    return int(value) if value else None
-
-
 def helper(threads: int) -> Helper:
     """This process's helper with ``threads`` threads, started on first use."""
     with _lock:
@@ -118,6 +111,17 @@ def helper(threads: int) -> Helper:
                 atexit.register(stop_helpers)
             _helpers[threads] = Helper(threads)
         return _helpers[threads]
+
+
+def load_ahead(threads: int, module: str, function: str, *args) -> bool:
+    """Begin ``module.function(*args)`` (a loading step) in the helper and go on without its
+    answer; False when the helper cannot be reached (the step that needs the load will then
+    do the work here, and load it itself)."""
+    try:
+        helper(threads).submit(module, function, *args)
+    except UNREACHABLE:
+        return False
+    return True
 
 
 def run_there(threads: int, here, module: str, function: str, *args):

@@ -188,13 +188,10 @@ class Register(TimedInterface):
         from bids_brainage.preproc.register import register_to_template
 
         if self.inputs.tissue_warp_threads > 1:  # the helper loads what the warp needs
-            from bids_brainage.helper import UNREACHABLE, helper
+            from bids_brainage.helper import load_ahead
 
-            try:
-                helper(self.inputs.tissue_warp_threads).submit(
-                    "bids_brainage.features.tissue", "prepare_warp")
-            except UNREACHABLE:  # the warp will say so, and run here
-                pass
+            load_ahead(self.inputs.tissue_warp_threads, "bids_brainage.features.tissue",
+                       "prepare_warp")
 
         brain = _load(self.inputs.in_brain)
         mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0

@@ -50,15 +50,12 @@ class WarmUp(threading.Thread):
         threads = max(1, self.settings.omp_nthreads)
         if needs_deepbet(self.settings):
             def deepbet():
-                if threads > 1:  # skull stripping runs in the helper: it loads there, now
-                    from bids_brainage.helper import UNREACHABLE, helper
+                from bids_brainage.helper import load_ahead
 
-                    try:
-                        helper(threads).submit("bids_brainage.preproc.skullstrip",
-                                               "prepare_deepbet", threads)
-                        return
-                    except UNREACHABLE:  # the step will strip here: load here
-                        pass
+                # skull stripping runs in the helper: it loads there, now (else here)
+                if threads > 1 and load_ahead(threads, "bids_brainage.preproc.skullstrip",
+                                              "prepare_deepbet", threads):
+                    return
                 from bids_brainage.preproc.skullstrip import prepare_deepbet
 
                 prepare_deepbet(threads)

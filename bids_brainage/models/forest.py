@@ -30,11 +30,17 @@ def train_ridge(features: np.ndarray, ages: np.ndarray, groups=None):
     from sklearn.preprocessing import StandardScaler
 
     x, y = np.asarray(features), np.asarray(ages, float)
-    if groups is None or len(np.unique(groups)) == len(y):
+    if not grouped_rows(groups):
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
         return model.fit(x, y)
     alpha = grouped_ridge_alpha(x, y, np.asarray(groups))
     return make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(x, y)
+
+
+def grouped_rows(groups) -> bool:
+    """Whether some group holds several rows (then :func:`train_ridge` chooses its penalty by
+    folds of groups, not by leaving one row out)."""
+    return groups is not None and len(np.unique(groups)) < len(groups)
 
 
 def grouped_ridge_alpha(x, y, groups, alphas=RIDGE_ALPHAS, k: int = 5) -> float:

@@ -149,7 +149,7 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
     (:mod:`.explain`)."""
     from bids_brainage.models import reliability
 
-    rows, ages, cache = [], {}, {}
+    rows, cache = [], {}
 
     def key_of(spec: dict) -> str:
         return repr(sorted(spec.items()))
@@ -176,12 +176,14 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
                     cache[key_of(spec)] = start_tissue_features(mni, mask, threads)
                 begun.add(name)
     ensembles = [cards[n] for n in names if cards[n].get("kind") == "ensemble"]
-    for name in [n for n in plain if n not in begun]:
-        ages[name] = load_predictor(cards[name], threads)(inputs(cards[name].get("input", {})))
+
+    def age_of(name: str) -> float:
+        return load_predictor(cards[name], threads)(inputs(cards[name].get("input", {})))
+
+    ages = {name: age_of(name) for name in plain if name not in begun}
     contributions = (explain_models(cards, names, ensembles, inputs, mni, mask)
                      if explain else None)
-    for name in [n for n in plain if n in begun]:
-        ages[name] = load_predictor(cards[name], threads)(inputs(cards[name].get("input", {})))
+    ages.update({name: age_of(name) for name in plain if name in begun})
     ages = {name: ages[name] for name in plain}  # the cards' order, whatever ran first
     for card in ensembles:
         ages[card["name"]] = float(card.get("intercept", 0.0)) + sum(

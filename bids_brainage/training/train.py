@@ -392,7 +392,10 @@ def run(args) -> int:
         reliability = reliability_card(args, subjects, ages, groups, nested, cache)
 
         source = f"{args.folds}-fold cross-validation out-of-fold predictions on every image"
-        grouped = bool(args.copies) or len(set(groups)) < len(groups)  # as train_ridge chose
+        from bids_brainage.models.forest import grouped_rows
+
+        # copies add rows of their participant: train_ridge saw grouped rows then too
+        grouped = bool(args.copies) or grouped_rows(groups)
         for member in members:
             card = {"name": member.name, "kind": "forest" if member.name == "rf" else "ridge",
                     "file": save_member(member.name, final.models[member.name], model_dir),

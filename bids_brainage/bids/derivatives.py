@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from bids_brainage import __version__
-from bids_brainage.io import atomic_copy, atomic_write_json, atomic_write_text
+from bids_brainage.io import atomic_copy, atomic_write_json, atomic_write_text, copy_compressed
 from bids_brainage.preproc.template import SPACE
 
 BIDS_VERSION = "1.10.0"
@@ -199,7 +199,8 @@ def write_image_outputs(*, output_dir: Path, anat_dir: str, prefix: str, entitie
     names = output_names(prefix)
     for key, src in files.items():
         if src:
-            atomic_copy(src, folder / names[key])
+            copy = copy_compressed if names[key].endswith(".nii.gz") else atomic_copy
+            copy(src, folder / names[key])
     raw = f"bids:raw:{source}"
     for key, meta in image_sidecars(names, raw, normalization.get("method"),
                                     skull_strip_method, anat_dir).items():

@@ -1,0 +1,60 @@
+"""The derivatives' compressed copies: begun in the run's helper, or made by the copy."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import pytest
+
+
+@pytest.fixture
+def plain(tmp_path):
+    src = tmp_path / "work" / "n4.nii"
+    src.parent.mkdir()
+    src.write_bytes(os.urandom(1 << 16) * 8)
+    return src
+
+
+def test_copy_compresses_a_plain_file_itself(plain, tmp_path):
+    from bids_brainage.io import compress_ahead, copy_compressed
+
+    compress_ahead(plain, threads=1)  # one thread: nothing begun
+    assert not plain.with_name("n4.nii.gz").exists()
+    out = copy_compressed(plain, tmp_path / "out" / "sub-1_T1w.nii.gz")
+    assert gzip.decompress(out.read_bytes()) == plain.read_bytes()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sub-1_T1w.nii.gz"]
+
+
+def test_copy_takes_what_the_helper_compressed(plain, tmp_path):
+    from bids_brainage import helper
+    from bids_brainage.io import _compressing, compress_ahead, copy_compressed
+
+    try:
+        compress_ahead(plain, threads=2)
+        assert str(plain) in _compressing
+        out = copy_compressed(plain, tmp_path / "out" / "a.nii.gz")
+        ready = plain.with_name("n4.nii.gz")
+        assert ready.exists() and out.read_bytes() == ready.read_bytes()
+        assert gzip.decompress(out.read_bytes()) == plain.read_bytes()
+        assert str(plain) not in _compressing
+    finally:
+        helper.stop_helpers()
+
+
+def test_a_stale_compressed_copy_is_not_used(plain, tmp_path):
+    """A .gz older than its source (the step ran again since) is made again, not copied."""
+    from bids_brainage.io import copy_compressed
+
+    stale = plain.with_name("n4.nii.gz")
+    stale.write_bytes(gzip.compress(b"an earlier run's head"))
+    os.utime(stale, ns=(plain.stat().st_mtime_ns - 10**9,) * 2)
+    out = copy_compressed(plain, tmp_path / "out" / "a.nii.gz")
+    assert gzip.decompress(out.read_bytes()) == plain.read_bytes()
+
+
+def test_a_compressed_source_is_copied_as_is(tmp_path):
+    from bids_brainage.io import copy_compressed
+
+    src = tmp_path / "mask.nii.gz"
+    src.write_bytes(gzip.compress(b"mask"))
+    assert copy_compressed(src, tmp_path / "d" / "m.nii.gz").read_bytes() == src.read_bytes()

@@ -165,3 +165,28 @@ def test_bad_inputs_are_refused_with_file_and_reason(tmp_path, case, reason):
     with pytest.raises(InputError) as err:
         load_t1w(path)
     assert str(path) in str(err.value) and reason in str(err.value)
+
+
+def test_the_conform_step_keeps_a_scanners_integers_as_int16(tmp_path):
+    """The conformed head (a step's input, written uncompressed) is int16 when that loses
+    nothing — the real ds000011 head — with the values conform gives; fractions stay float."""
+    from bids_brainage.interfaces.preproc import Conform
+    from bids_brainage.io import load_t1w
+
+    from conftest import SHARED_DATA
+
+    head = SHARED_DATA / "ds000011-heads/sub-01/anat/sub-01_T1w.nii.gz"
+    result = Conform(in_file=str(head)).run(cwd=str(tmp_path))
+    written = nib.load(result.outputs.out_file)
+    assert result.outputs.out_file.endswith("conformed.nii")
+    assert written.get_data_dtype() == np.int16
+    expected = np.asarray(conform(load_t1w(head)).dataobj)
+    assert np.array_equal(np.asarray(written.dataobj, np.float32), expected)
+    assert np.allclose(written.affine, conform(load_t1w(head)).affine)
+
+    halves = nib.Nifti1Image(np.random.default_rng(0).random((40, 40, 40), np.float32) * 100
+                             + 0.5, np.eye(4))
+    halves.to_filename(str(tmp_path / "halves.nii.gz"))
+    (tmp_path / "b").mkdir()
+    result = Conform(in_file=str(tmp_path / "halves.nii.gz")).run(cwd=str(tmp_path / "b"))
+    assert nib.load(result.outputs.out_file).get_data_dtype() == np.float32

@@ -55,9 +55,9 @@ class Conform(TimedInterface):
 
     def _run(self, cwd):
         from bids_brainage.io import load_t1w
-        from bids_brainage.preproc.conform import conform
+        from bids_brainage.preproc.conform import as_int16_if_lossless, conform
 
-        img = conform(load_t1w(self.inputs.in_file))
+        img = as_int16_if_lossless(conform(load_t1w(self.inputs.in_file)))
         # uncompressed: a step's input, never a derivative (gzip took 1.2 s of a 1 mm
         # float32 head's run, and every reader paid 0.3 s to unpack it)
         out = cwd / "conformed.nii"

@@ -112,11 +112,17 @@ def gzip_file(src: Path | str, dst: Path | str) -> str:
     >>> out = gzip_file(d / "a.nii", d / "b.nii.gz")
     >>> gzip.decompress((d / "b.nii.gz").read_bytes()) == b"x" * 1000
     True
+    >>> again = gzip_file(d / "a.nii", d / "c.nii.gz")
+    >>> (d / "b.nii.gz").read_bytes() == (d / "c.nii.gz").read_bytes()
+    True
     """
     import gzip
 
-    with atomic_path(dst) as tmp, open(src, "rb") as fin, \
-            gzip.open(tmp, "wb", compresslevel=GZIP_LEVEL) as fout:
+    # deterministic, as nibabel writes: no file name and a zero time in the gzip header, so
+    # the same image gives the same bytes whoever compressed it and whenever
+    with atomic_path(dst) as tmp, open(src, "rb") as fin, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=raw,
+                          mtime=0) as fout:
         shutil.copyfileobj(fin, fout, 1 << 22)
     return str(dst)
 

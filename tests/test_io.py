@@ -37,6 +37,11 @@ def test_copy_takes_what_the_helper_compressed(plain, tmp_path):
         assert ready.exists() and out.read_bytes() == ready.read_bytes()
         assert gzip.decompress(out.read_bytes()) == plain.read_bytes()
         assert str(plain) not in _compressing
+        # the same bytes as compressing here: a resumed run's outputs equal an uninterrupted one's
+        here = copy_compressed(plain, tmp_path / "elsewhere" / "b.nii.gz")
+        ready.unlink()
+        assert copy_compressed(plain, tmp_path / "c.nii.gz").read_bytes() == out.read_bytes()
+        assert here.read_bytes() == out.read_bytes()
     finally:
         helper.stop_helpers()
 

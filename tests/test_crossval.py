@@ -129,3 +129,30 @@ def test_intervals_cover_about_ninety_percent_and_follow_the_bias():
     # the interval of the lowest prediction reaches further down than up, and vice versa
     assert predicted.min() - low[0] > high[0] - predicted.min()
     assert high[1] - predicted.max() > predicted.max() - low[1]
+
+
+def test_extra_rows_train_every_fit_and_are_never_scored():
+    """Other sites' rows (``extra_x``) are training rows of every fit, inner and outer, and
+    are never predicted; the ensemble can combine a subset of the members."""
+    ages, x = _data(60)
+    ids = np.arange(len(ages), dtype=float)[:, None]
+    extra = np.arange(1000, 1010, dtype=float)[:, None]
+    member = Member("memo", ids, Memoriser, extra_x=extra, extra_y=np.full(10, 99.0))
+    x_, y_, g_ = member.training(np.arange(5), ages, np.arange(len(ages)))
+    assert len(x_) == 15 and np.sum(y_ == 99.0) == 10 and len(set(g_)) == 15
+    seen = []
+
+    class Recorder(Memoriser):
+        def __init__(self, x, y, groups=None):
+            seen.append(set(float(r[0]) for r in x))
+            super().__init__(x, y, groups)
+
+    member.fit = Recorder
+    result = nested_cv([member, Member("lin", x, _linear)], ages, k=3, repeats=1, inner_k=3,
+                       seed=0, progress=False, ensemble=["lin"])
+    assert all(set(extra[:, 0]) <= s for s in seen)  # every fit had them
+    assert result["predictions"]["memo"].shape == (1, len(ages))  # scored: the images only
+    assert np.all(np.abs(result["predictions"]["memo"] - ages) > 1e-9)
+    # the ensemble is the one member it was asked to combine
+    assert all(w == {"lin": 1.0} for w in result["weights"])
+    assert np.allclose(result["predictions"]["ensemble"], result["predictions"]["lin"])

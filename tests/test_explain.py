@@ -115,6 +115,28 @@ def test_occlusion_rows_are_the_histogram_without_each_region():
         np.testing.assert_allclose(rows[k + 1], direct, atol=1e-4)
 
 
+def test_plain_gmm_histogram_occlusion_rows():
+    """rf_sites's GMM histogram: row 0 is its input; each other row is the histogram of the
+    brain's normalised voxels without that region, the whole brain's normalisation kept."""
+    from bids_brainage.features.histogram import intensity_histogram
+    from bids_brainage.models.predict import model_inputs
+    from bids_brainage.preproc.normalize import normalize_intensity
+    from bids_brainage.training.seed_rows import SITES_INPUT
+
+    data, mask = _template_brain()
+    rows, present = explain.histogram_occlusion_inputs(data, mask, SITES_INPUT)
+    assert rows.shape == (present.size + 1, 100)
+    np.testing.assert_allclose(rows[0], model_inputs(data, mask, SITES_INPUT), atol=1e-9)
+    norm, _ = normalize_intensity(data, mask, "gmm")
+    labels, _ = explain.atlas()
+    for k in (0, present.size // 2, present.size - 1):
+        without = mask & (labels != present[k])
+        direct = intensity_histogram(norm, without, "gmm", 100)[0]
+        # a voxel on a bin edge may round to the other bin: one voxel is ~1e-5 of density
+        np.testing.assert_allclose(rows[k + 1], direct, atol=1e-4)
+        assert not np.allclose(rows[k + 1], rows[0])
+
+
 def test_occlusion_finds_a_region_painted_dark():
     """Paint one large region with CSF-like intensities: the forest's occlusion value of that
     region changes most of all regions, and in the older direction."""

@@ -138,6 +138,40 @@ def test_training_with_copies(trained, ixi_pool, tmp_path):
     assert cards["rf"]["sha256"] != plain["rf"]["sha256"]
 
 
+def test_training_with_seed_rows(trained, ixi_pool, example_run, tmp_path):
+    """rf_sites: a GMM-histogram forest trained with the other sites' seed rows; the card
+    names them; the app predicts with it; without --seed-rows the command refuses."""
+    from conftest import SHARED_DATA
+
+    rep2 = SHARED_DATA / "seed-histograms" / "rep2.json"
+    models = tmp_path / "models"
+    derivatives = trained[0].parent / "work" / "derivatives"
+    common = [str(ixi_pool), str(models), "--derivatives", str(derivatives),
+              "-w", str(derivatives.parent), "--participant-label", *SUBSET,
+              "--models", "tissue,rf_sites", "--defaults", "tissue,rf_sites", "--rf-trees",
+              "30", "--folds", "3", "--repeats", "1", "--nprocs", "2"]
+    assert train(common) == 2 and not (models / "models.json").exists()
+    assert train([*common, "--seed-rows", str(rep2)]) == 0
+    cards = load_cards(models)
+    card = cards["rf_sites"]
+    assert card["kind"] == "forest" and card["default"]
+    assert card["input"] == {"feature": "histogram", "normalization": "gmm", "bins": 100}
+    source = card["training"]["seed_rows"]
+    assert source["rows"] == 1093 and len(source["sites"]) == 20
+    assert source["own_site_rows"] == len(SUBSET)  # IXI rows of the 12, never anyone else's
+    assert card["training"]["n"] == len(SUBSET)  # scored and counted: the pool's images
+    assert sorted(cards["ensemble"]["members"]) == ["rf_sites", "tissue"]
+    _, _, work = example_run
+    out = tmp_path / "out"
+    assert app([str(EXAMPLE), str(out), "participant", "-w", str(work), "--nprocs", "2",
+                "--participant-label", "IXI095", "--model-dir", str(models),
+                "--no-report"]) == 0
+    rows = (out / "sub-IXI095/anat/sub-IXI095_brainage.tsv").read_text().splitlines()
+    ages = {r.split("\t")[3]: float(r.split("\t")[4]) for r in rows[1:]}
+    assert list(ages) == ["tissue", "rf_sites", "ensemble"]
+    assert 10 < ages["rf_sites"] < 95
+
+
 def test_corrupted_weights_are_refused(trained, tmp_path):
     copy = tmp_path / "models"
     shutil.copytree(trained[0], copy)

@@ -27,8 +27,13 @@ def get_parser() -> argparse.ArgumentParser:
                         "into WORK_DIR/derivatives)")
     p.add_argument("-w", "--work-dir", type=Path, default=None)
     p.add_argument("--models", default="rf,morph,tissue",
-                   help="comma-separated: rf, morph, tissue, resnet34 (or resnet10/18/50 via "
-                        "--resnet-depth)")
+                   help="comma-separated: rf, rf_sites (needs --seed-rows), morph, tissue, "
+                        "resnet34 (or resnet10/18/50 via --resnet-depth)")
+    p.add_argument("--seed-rows", type=Path, default=None, metavar="JSON",
+                   help="the original project's GMM histograms of 21 sites "
+                        "(seed-histograms/rep2.json): training rows of the rf_sites forest "
+                        "(other sites' rows always; IXI rows only of training participants, "
+                        "in their folds)")
     p.add_argument("--defaults", default="rf,tissue",
                    help="the models the app runs by default and the ensemble combines (the "
                         "robustness gate may remove some; the ResNet is never a default)")

@@ -131,9 +131,12 @@ def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
     from bids_brainage.preproc.normalize import LOG_ANCHOR_QUANTILES, log_tissue_normalise
 
     method = spec.get("normalization")
+    if spec.get("feature") == "histogram" and method in FIXED_OCCLUSION:
+        return _plain_histogram_occlusion(mni, mask, spec)
     if spec.get("feature") != "histogram+tissue" or method not in ("logquantile", "loggmm"):
         raise ValueError(f"occlusion needs a histogram+tissue input with a log "
-                         f"normalisation, not {spec}")
+                         f"normalisation, or a plain histogram of {FIXED_OCCLUSION}, "
+                         f"not {spec}")
     region = model_region(mask, spec)
     norm, info = log_tissue_normalise(mni, region, method=method)
     logs = np.log(np.maximum(np.asarray(mni, np.float64)[region], info["log_floor"]))
@@ -174,6 +177,39 @@ def histogram_occlusion_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict):
                        - np.searchsorted(removed, cuts, side="right"))
         classes = np.diff(np.concatenate([[0], at_or_below, [kept]])) / max(kept, 1)
         rows.append(np.concatenate([density, classes]))
+    return np.vstack(rows), present
+
+
+# plain histograms whose normalisation is kept from the whole brain when a region is left
+# out (the GMM's WM peak: one region moves it little, and a refit costs a second per region)
+FIXED_OCCLUSION = ("gmm",)
+
+
+def _plain_histogram_occlusion(mni: np.ndarray, mask: np.ndarray, spec: dict):
+    """:func:`histogram_occlusion_inputs` of a plain histogram (``rf_sites``'s GMM one): row
+    0 exactly ``model_inputs``; then the histogram of the brain's normalised voxels without
+    each region, the whole brain's normalisation kept."""
+    from bids_brainage.features.histogram import HIST_RANGE, intensity_histogram
+    from bids_brainage.models.predict import model_region
+    from bids_brainage.preproc.normalize import normalize_intensity
+
+    method, bins = spec["normalization"], int(spec.get("bins", 100))
+    region = model_region(mask, spec)
+    norm, _ = normalize_intensity(mni, region, method)
+    labels, _ = atlas()
+    where = labels[region].clip(0).astype(np.int64)
+    values = np.asarray(norm, np.float64)[region]
+    lo, hi = HIST_RANGE[method]
+    inside = (values >= lo) & (values <= hi)  # np.histogram's range: the top edge counts
+    index = np.minimum(((values[inside] - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
+    counts = np.bincount(where[inside] * bins + index,
+                         minlength=(int(where.max()) + 1) * bins).reshape(-1, bins)
+    total = counts.sum(axis=0)
+    present = np.array([r for r in np.unique(where) if r > 0], np.int64)
+    rows = [intensity_histogram(norm, region, method, bins)[0]]
+    for r in present:
+        kept = (total - counts[r]).astype(float)
+        rows.append(kept / (max(kept.sum(), 1.0) * (hi - lo) / bins))
     return np.vstack(rows), present
 
 

@@ -233,6 +233,9 @@ def explain_models(cards, names, ensembles, inputs, mni, mask) -> dict | None:
             part = explain.explain(model, inputs(card["input"]), weight)
         elif feature == "histogram+tissue" and card["input"].get("normalization", "").startswith("log"):
             part = explain.forest_occlusion(model, mni, mask, card["input"], weight)
+        elif feature == "histogram" and card["input"].get("normalization") in \
+                explain.FIXED_OCCLUSION and card.get("kind") == "forest":
+            part = explain.forest_occlusion(model, mni, mask, card["input"], weight)
         else:
             part = None
         if part is not None:

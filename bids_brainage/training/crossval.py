@@ -29,8 +29,11 @@ class Member:
     ``fit(x, y, groups)`` returns an object with ``predict(x)``; any hyper-parameter search
     happens inside it, on those rows only, in folds of ``groups`` (a participant's images
     and their copies are one group). ``copies`` are inputs of augmented copies
-    (``training.augment``) of the images ``copy_of`` names: training rows wherever their
-    image is a training row, never predicted or scored.
+    (``training.augment``), or other pipelines' inputs of the same images
+    (``training.seed_rows``), of the images ``copy_of`` names: training rows wherever their
+    image is a training row, never predicted or scored. ``extra_x``/``extra_y`` are rows of
+    people outside the dataset (other sites' seed rows): training rows of every fit, each its
+    own group, never predicted or scored.
     """
 
     name: str
@@ -38,17 +41,23 @@ class Member:
     fit: Callable
     copies: np.ndarray | None = None
     copy_of: np.ndarray | None = None
+    extra_x: np.ndarray | None = None
+    extra_y: np.ndarray | None = None
 
     def training(self, rows, ages, groups):
-        """``(x, y, groups)`` of ``rows`` and of their copies."""
+        """``(x, y, groups)`` of ``rows``, of their copies and of the extra rows."""
         rows = np.asarray(rows)
-        if self.copies is None or not len(self.copies):
-            return self.x[rows], ages[rows], groups[rows]
-        extra = np.flatnonzero(np.isin(self.copy_of, rows))
-        source = self.copy_of[extra]
-        return (np.concatenate([self.x[rows], self.copies[extra]]),
-                np.concatenate([ages[rows], ages[source]]),
-                np.concatenate([groups[rows], groups[source]]))
+        x, y, g = [self.x[rows]], [ages[rows]], [groups[rows]]
+        if self.copies is not None and len(self.copies):
+            extra = np.flatnonzero(np.isin(self.copy_of, rows))
+            source = self.copy_of[extra]
+            x.append(self.copies[extra]), y.append(ages[source]), g.append(groups[source])
+        if self.extra_x is not None and len(self.extra_x):
+            x.append(self.extra_x), y.append(np.asarray(self.extra_y, float))
+            g.append(np.array([f"extra-row-{i}" for i in range(len(self.extra_x))]))
+        if len(x) == 1:
+            return x[0], y[0], g[0]
+        return np.concatenate(x), np.concatenate(y), np.concatenate(g)
 
     def fit_rows(self, rows, ages, groups):
         return self.fit(*self.training(rows, ages, groups))
@@ -125,17 +134,21 @@ def inner_oof(member: Member, ages, rows, groups, k: int, seed: int) -> np.ndarr
 
 
 def fit_ensemble(members: list[Member], ages, rows=None, groups=None, *, k: int = 5,
-                 seed: int = 0, weights: dict | None = None) -> FittedEnsemble:
+                 seed: int = 0, weights: dict | None = None,
+                 ensemble: list[str] | None = None) -> FittedEnsemble:
     """Fit every member on ``rows``; weights, intervals and bias lines from inner CV there.
 
-    ``weights`` fixes the ensemble weights instead of fitting them (e.g. one member).
+    ``weights`` fixes the ensemble weights instead of fitting them (e.g. one member);
+    ``ensemble`` names the members the ensemble combines (default: all of them; the others
+    are fitted and calibrated beside it, as when each is fitted on its own).
     """
     ages = np.asarray(ages, float)
     rows = np.arange(len(ages)) if rows is None else np.asarray(rows)
     groups = np.arange(len(ages)) if groups is None else np.asarray(groups)
     oof = {m.name: inner_oof(m, ages, rows, groups, k, seed) for m in members}
     models = {m.name: m.fit_rows(rows, ages, groups) for m in members}
-    weights = weights or ensemble_weights(oof, ages[rows])
+    combined = [m.name for m in members if ensemble is None or m.name in ensemble]
+    weights = weights or ensemble_weights({n: oof[n] for n in combined}, ages[rows])
     oof["ensemble"] = combine(weights, oof)
     spread = member_spread({n: oof[n] for n in weights})
     intervals = {n: calibrate_interval(oof[n], ages[rows]) for n in oof}
@@ -153,8 +166,9 @@ def member_spread(predictions: dict[str, np.ndarray]) -> np.ndarray | None:
 # ------------------------------------------------------------------------------ nested CV
 def nested_cv(members: list[Member], ages, groups=None, *, k: int = 5, repeats: int = 5,
               inner_k: int = 5, seed: int = 0, weights: dict | None = None,
-              progress: bool = True) -> dict:
-    """Outer predictions of every member and the ensemble, for each repeat.
+              progress: bool = True, ensemble: list[str] | None = None) -> dict:
+    """Outer predictions of every member and the ensemble (of ``ensemble``'s members, by
+    default all), for each repeat.
 
     Returns ``{"predictions": {name: (repeats, n)}, "low"/"high": (repeats, n) of the
     ensemble's interval, "weights": [...], "spread": (repeats, n)}``.
@@ -175,7 +189,7 @@ def nested_cv(members: list[Member], ages, groups=None, *, k: int = 5, repeats: 
         for fold in group_folds(ages, groups, k, seed + 1000 * (r + 1)):
             train = np.setdiff1d(np.arange(len(ages)), fold)
             fitted = fit_ensemble(members, ages, train, groups, k=inner_k, seed=seed + r,
-                                  weights=weights)
+                                  weights=weights, ensemble=ensemble)
             out = fitted.predict(members, fold)
             s = member_spread({n: out[n] for n in fitted.weights})
             if s is not None:

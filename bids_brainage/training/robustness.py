@@ -318,7 +318,7 @@ def gate(members, subjects, ages, groups, defaults, derivatives, args, work_dir:
     ``args.robustness`` participants, whose images, changed as other sites change them, run
     through the app. Returns ``({"mean", "worst", "about"}, {model: reason})``."""
     from bids_brainage.training.crossval import fit_ensemble
-    from bids_brainage.training.train import member_input, save_member, write_models
+    from bids_brainage.training.train import member_input, member_kind, save_member, write_models
 
     held = pick_spread(ages, args.robustness)
     held_ids = sorted({groups[i] for i in held})
@@ -327,7 +327,7 @@ def gate(members, subjects, ages, groups, defaults, derivatives, args, work_dir:
     fitted = fit_ensemble(candidates, ages, rows, groups, k=args.folds, seed=args.random_seed)
     model_dir = Path(work_dir) / "robustness_models"
     model_dir.mkdir(parents=True, exist_ok=True)
-    cards = [{"name": m.name, "kind": "forest" if m.name == "rf" else "ridge",
+    cards = [{"name": m.name, "kind": member_kind(m.name),
               "file": save_member(m.name, fitted.models[m.name], model_dir),
               "input": member_input(m.name, args), "default": True,
               "interval": fitted.intervals[m.name]} for m in candidates]

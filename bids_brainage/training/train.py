@@ -50,7 +50,13 @@ FOREST_INPUTS = {
 FOREST_INPUT = FOREST_INPUTS["logquantile"]
 MORPH_INPUT = {"feature": "morphometry", **MODEL_REGION}
 TISSUE_INPUT = {"feature": "tissue"}
-SKLEARN_MODELS = ("rf", "morph", "tissue")
+SKLEARN_MODELS = ("rf", "morph", "tissue", "rf_sites")
+FORESTS = ("rf", "rf_sites")
+
+
+def member_kind(name: str) -> str:
+    """The card's ``kind`` of a scikit-learn member: the forests, or a ridge."""
+    return "forest" if name in FORESTS else "ridge"
 LICENCE = ("CC BY-SA 3.0 (trained on IXI: Imperial College London, brain-development.org; "
            "resampled and labelled by NiChart, CBICA)")
 
@@ -89,31 +95,48 @@ def sklearn_fit(name: str, args):
     (the forest has none to choose)."""
     from bids_brainage.models.forest import train_forest, train_ridge
 
-    if name == "rf":
+    if name in FORESTS:
         return lambda x, y, groups=None: train_forest(
             x, y, seed=args.random_seed, n_estimators=args.rf_trees, n_jobs=args.nprocs)
     return train_ridge
 
 
 def member_input(name: str, args) -> dict:
+    from bids_brainage.training.seed_rows import SITES_INPUT
+
     return {"rf": FOREST_INPUTS[args.rf_normalization], "morph": MORPH_INPUT,
-            "tissue": TISSUE_INPUT}[name]
+            "tissue": TISSUE_INPUT, "rf_sites": SITES_INPUT}[name]
 
 
 def sklearn_member(name: str, subjects, args, cache: Path) -> Member:
-    """A forest or ridge member: every image's input and, with ``--copies``, its copies'."""
+    """A forest or ridge member: every image's input and, with ``--copies``, its copies';
+    ``rf_sites`` also the seed rows of ``--seed-rows`` (``training.seed_rows``)."""
     from bids_brainage.training.augment import augmented_spec
     from bids_brainage.training.dataset import build_inputs
 
     spec = member_input(name, args)
     x = build_inputs(subjects, spec, nprocs=args.nprocs, cache_dir=cache)
-    copies = copy_of = None
+    copies = copy_of = extra_x = extra_y = None
     if args.copies:
         copies = np.concatenate([
             build_inputs(subjects, augmented_spec(spec, i, args.random_seed),
                          nprocs=args.nprocs, cache_dir=cache) for i in range(args.copies)])
         copy_of = np.tile(np.arange(len(subjects)), args.copies)
-    return Member(name, x, sklearn_fit(name, args), copies, copy_of)
+    if name == "rf_sites":
+        seed = seed_rows(args, subjects)
+        extra_x, extra_y = seed.x, seed.ages
+        copies = seed.own_x if copies is None else np.concatenate([copies, seed.own_x])
+        copy_of = seed.own_of if copy_of is None else np.concatenate([copy_of, seed.own_of])
+    return Member(name, x, sklearn_fit(name, args), copies, copy_of, extra_x, extra_y)
+
+
+def seed_rows(args, subjects):
+    """The ``--seed-rows`` file's rows for the pool's ``subjects`` (``rf_sites`` needs it)."""
+    from bids_brainage.training.seed_rows import load_seed_rows
+
+    if not getattr(args, "seed_rows", None):
+        raise ValueError("the rf_sites model needs --seed-rows")
+    return load_seed_rows(args.seed_rows, [s.participant_id for s in subjects])
 
 
 def penalty_text(grouped: bool) -> str:
@@ -129,6 +152,12 @@ ARCHITECTURES = {
         f"RandomForestRegressor({args.rf_trees} trees, max_features 0.33, min_samples_leaf 2) "
         f"on the 100-bin histogram of {HISTOGRAMS[args.rf_normalization]} inside the template "
         f"brain eroded by 2 voxels"),
+    "rf_sites": lambda args, grouped: (
+        f"RandomForestRegressor({args.rf_trees} trees, max_features 0.33, min_samples_leaf 2) "
+        f"on the 100-bin histogram of GMM-normalised intensities (WM = 1, 0-1.5) in the "
+        f"brain mask, trained on the pool's images and on the original project's histogram "
+        f"rows of 20 other sites (FCP-1000) and of the pool's own participants "
+        f"(--seed-rows, training.seed_rows)"),
     "morph": lambda args, grouped: (
         f"standardised features, ridge ({penalty_text(grouped)}) "
         "on log-Jacobians of a SyN warp to the template and rank-normalised intensities, both "
@@ -342,6 +371,10 @@ def run(args) -> int:
     groups = np.array([s.participant_id for s in subjects])
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     defaults = [n for n in (d.strip() for d in args.defaults.split(",")) if n in names]
+    if "rf_sites" in names and not args.seed_rows:
+        LOG.error("the rf_sites model trains on other sites' histogram rows: give "
+                  "--seed-rows (e.g. ../shared/data/seed-histograms/rep2.json)")
+        return 2
     LOG.info("%d images of %d participants; models %s (defaults %s)", len(ages),
              len(set(groups)), names, defaults)
     members = [sklearn_member(n, subjects, args, cache) for n in names if n in SKLEARN_MODELS]
@@ -371,23 +404,14 @@ def run(args) -> int:
     if members:
         LOG.info("repeated nested cross-validation (%d x %d folds) of %s", args.repeats,
                  args.folds, [m.name for m in members])
+        # the ensemble combines the defaults only; every member is fitted and scored once
+        combined = [m.name for m in ensemble_members]
         nested = nested_cv(members, ages, groups, k=args.folds, repeats=args.repeats,
-                           inner_k=args.folds, seed=args.random_seed)
-        if len(ensemble_members) != len(members):  # the ensemble of the defaults only
-            default_nested = nested_cv(ensemble_members, ages, groups, k=args.folds,
-                                       repeats=args.repeats, inner_k=args.folds,
-                                       seed=args.random_seed)
-            nested["predictions"]["ensemble"] = default_nested["predictions"]["ensemble"]
-            for key in ("member_low", "member_high"):
-                nested[key]["ensemble"] = default_nested[key]["ensemble"]
-            nested["weights"] = default_nested["weights"]
-            nested["spread"] = default_nested["spread"]
+                           inner_k=args.folds, seed=args.random_seed, ensemble=combined or None)
         LOG.info("fitting every model on all %d images", len(ages))
         final = fit_ensemble(members, ages, None, groups, k=args.folds, seed=args.random_seed,
-                             weights=None)
-        weights = (final.weights if len(ensemble_members) == len(members) else
-                   fit_ensemble(ensemble_members, ages, None, groups, k=args.folds,
-                                seed=args.random_seed).weights)
+                             weights=None, ensemble=combined or None)
+        weights = final.weights
         external = external_predictions(args, final, members, work_dir)
         reliability = reliability_card(args, subjects, ages, groups, nested, cache)
 
@@ -397,7 +421,7 @@ def run(args) -> int:
         # copies add rows of their participant: train_ridge saw grouped rows then too
         grouped = bool(args.copies) or grouped_rows(groups)
         for member in members:
-            card = {"name": member.name, "kind": "forest" if member.name == "rf" else "ridge",
+            card = {"name": member.name, "kind": member_kind(member.name),
                     "file": save_member(member.name, final.models[member.name], model_dir),
                     "architecture": ARCHITECTURES[member.name](args, grouped),
                     "input": member_input(member.name, args), **common,
@@ -405,6 +429,9 @@ def run(args) -> int:
                     "default": member.name in defaults,
                     "validation": validation_block(nested, member.name, final, args),
                     **calibration(final.oof[member.name], final.ages, source)}
+            if member.name == "rf_sites":
+                card["training"] = {**card["training"], "seed_rows": seed_rows(
+                    args, subjects).source}
             add_external(card, external, member.name)
             add_robustness(card, robustness, reasons)
             cards.append(card)

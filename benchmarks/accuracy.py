@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 POOL = ROOT.parent / "shared" / "data" / "ixi-hh-2mm"
 EXTERNAL = ROOT.parent / "shared" / "data" / "ds000011-heads"
+SEED_ROWS = ROOT.parent / "shared" / "data" / "seed-histograms" / "rep2.json"
 
 
 def table(model_dir: Path) -> str:
@@ -55,8 +56,10 @@ def main(argv=None) -> int:
     p.add_argument("--derivatives", type=Path, default=None)
     p.add_argument("--external-derivatives", type=Path, default=None)
     p.add_argument("--work", type=Path, default=None, help="work folder (kept: inputs cache)")
-    p.add_argument("--models", default="rf,morph,tissue")
-    p.add_argument("--defaults", default="rf,tissue")
+    p.add_argument("--models", default="rf,morph,tissue,rf_sites")
+    p.add_argument("--defaults", default="rf,tissue,rf_sites")
+    p.add_argument("--seed-rows", type=Path, default=SEED_ROWS,
+                   help="rf_sites's other-site rows (the bundled models': rep2.json)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--robustness", type=int, default=0)
     p.add_argument("--nprocs", type=int, default=2)
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
     argv = [str(POOL), str(out), "-w", str(work), "--models", args.models, "--defaults",
             args.defaults, "--repeats", str(args.repeats), "--external", str(EXTERNAL),
             "--nprocs", str(args.nprocs), "--robustness", str(args.robustness),
-            "--reference-masks", str(POOL / "derivatives" / "dlmuse")]
+            "--reference-masks", str(POOL / "derivatives" / "dlmuse"),
+            "--seed-rows", str(args.seed_rows)]
     if args.derivatives:
         argv += ["--derivatives", str(args.derivatives)]
     if args.external_derivatives:

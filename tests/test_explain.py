@@ -116,10 +116,11 @@ def test_occlusion_rows_are_the_histogram_without_each_region():
 
 
 def test_plain_gmm_histogram_occlusion_rows():
-    """rf_sites's GMM histogram: row 0 is its input; each other row is the histogram of the
-    brain's normalised voxels without that region, the whole brain's normalisation kept."""
+    """rf_sites's GMM histogram (log-quantile form): row 0 is its input; each other row is
+    the histogram of the brain's normalised voxels without that region, the whole brain's
+    normalisation kept, in the same form."""
     from bids_brainage.features.histogram import intensity_histogram
-    from bids_brainage.models.predict import model_inputs
+    from bids_brainage.models.predict import histogram_form, model_inputs
     from bids_brainage.preproc.normalize import normalize_intensity
     from bids_brainage.training.seed_rows import SITES_INPUT
 
@@ -131,7 +132,7 @@ def test_plain_gmm_histogram_occlusion_rows():
     labels, _ = explain.atlas()
     for k in (0, present.size // 2, present.size - 1):
         without = mask & (labels != present[k])
-        direct = intensity_histogram(norm, without, "gmm", 100)[0]
+        direct = histogram_form(intensity_histogram(norm, without, "gmm", 100)[0], SITES_INPUT)
         # a voxel on a bin edge may round to the other bin: one voxel is ~1e-5 of density
         np.testing.assert_allclose(rows[k + 1], direct, atol=1e-4)
         assert not np.allclose(rows[k + 1], rows[0])

@@ -29,8 +29,14 @@ def test_other_sites_always_own_site_only_for_pool_participants():
     # IXI rows: only of the participants asked for, one per image of theirs
     assert sorted(rows.own_of.tolist()) == [0, 1, 2]
     assert rows.own_x.shape == (3, 100)
-    # densities on our histogram's range, like model_inputs' gmm histogram
-    assert np.allclose(rows.x.sum(1) * 1.5 / 100, 1.0)
+    # densities in the member's log-quantile form, like model_inputs' (range -1..1.6)
+    assert np.allclose(rows.x.sum(1) * 2.6 / 100, 1.0)
+    assert rows.source["form"] == "logquantile"
+    plain = seed_rows.load_seed_rows(REP2, ids, {"feature": "histogram", "normalization": "gmm"})
+    assert np.allclose(plain.x.sum(1) * 1.5 / 100, 1.0) and plain.source["form"] == "as stored"
+    from bids_brainage.features.histogram import gmm_to_logquantile
+
+    assert np.allclose(rows.x[7], gmm_to_logquantile(plain.x[7]))
     assert np.allclose(rows.own_x[rows.own_of == 0], rows.own_x[rows.own_of == 2])
     assert 5 < rows.ages.min() and rows.ages.max() < 100
 

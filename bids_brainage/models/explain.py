@@ -190,7 +190,7 @@ def _plain_histogram_occlusion(mni: np.ndarray, mask: np.ndarray, spec: dict):
     0 exactly ``model_inputs``; then the histogram of the brain's normalised voxels without
     each region, the whole brain's normalisation kept."""
     from bids_brainage.features.histogram import HIST_RANGE, intensity_histogram
-    from bids_brainage.models.predict import model_region
+    from bids_brainage.models.predict import histogram_form, model_region
     from bids_brainage.preproc.normalize import normalize_intensity
 
     method, bins = spec["normalization"], int(spec.get("bins", 100))
@@ -210,7 +210,7 @@ def _plain_histogram_occlusion(mni: np.ndarray, mask: np.ndarray, spec: dict):
     for r in present:
         kept = (total - counts[r]).astype(float)
         rows.append(kept / (max(kept.sum(), 1.0) * (hi - lo) / bins))
-    return np.vstack(rows), present
+    return np.vstack([histogram_form(row, spec) for row in rows]), present
 
 
 def _percentiles(full: np.ndarray, removed: np.ndarray, quantiles) -> np.ndarray:

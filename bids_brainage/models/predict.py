@@ -66,7 +66,7 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict, threads: int = 1
     if feature == "histogram":
         density, _ = intensity_histogram(norm, mask, spec.get("normalization", "gmm"),
                                          bins=spec.get("bins", 100))
-        return density
+        return histogram_form(density, spec)
     if feature == "histogram+tissue":
         density, _ = intensity_histogram(norm, mask, spec.get("normalization", "gmm"),
                                          bins=spec.get("bins", 100))
@@ -80,6 +80,20 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict, threads: int = 1
 
         return crop_to_grid(norm, spec)
     raise ValueError(f"unknown model input {feature!r}")
+
+
+def histogram_form(density: np.ndarray, spec: dict) -> np.ndarray:
+    """A plain histogram as the card's ``form`` asks: as it is, or (``"logquantile"``, a GMM
+    histogram only) its log-quantile form (``features.histogram.gmm_to_logquantile``)."""
+    form = spec.get("form")
+    if form is None:
+        return density
+    if form == "logquantile" and spec.get("normalization") == "gmm":
+        from bids_brainage.features.histogram import gmm_to_logquantile
+
+        return gmm_to_logquantile(density, bins=spec.get("bins", 100))
+    raise ValueError(f"unknown histogram form {form!r} of a {spec.get('normalization')} "
+                     f"histogram")
 
 
 def model_region(mask: np.ndarray, spec: dict) -> np.ndarray:

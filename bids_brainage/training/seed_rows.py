@@ -24,8 +24,11 @@ import numpy as np
 
 from bids_brainage.features.histogram import HIST_BINS, HIST_RANGE
 
-# the forest's input: our GMM histogram in rep2's form, on the whole brain mask as rep2 was
-SITES_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": HIST_BINS}
+# the forest's input: our GMM histogram in rep2's form, on the whole brain mask as rep2 was,
+# read in its log-quantile form (features.histogram.gmm_to_logquantile), seed rows the same:
+# GMM histograms move 8 years under a gamma change of the image, their log-quantile form 1.5
+SITES_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": HIST_BINS,
+               "form": "logquantile"}
 OWN_SITE = "IXI"
 
 
@@ -62,9 +65,17 @@ def participant_of(name: str) -> str:
     return name.split(".")[0].split("-")[0]
 
 
-def load_seed_rows(path: Path, participant_ids) -> SeedRows:
+def load_seed_rows(path: Path, participant_ids, spec: dict | None = None) -> SeedRows:
     """The rows of ``path`` (rep2.json) for images of ``participant_ids`` (``sub-`` labels,
-    one per image, in the member's row order)."""
+    one per image, in the member's row order), in the ``form`` of the input ``spec``
+    (default :data:`SITES_INPUT`), as ``model_inputs`` makes our images'."""
+    from bids_brainage.models.predict import histogram_form
+
+    spec = SITES_INPUT if spec is None else spec
+
+    def density_of(counts):
+        return histogram_form(density(counts), spec)
+
     path = Path(path)
     try:
         table = json.loads(path.read_text())
@@ -81,15 +92,16 @@ def load_seed_rows(path: Path, participant_ids) -> SeedRows:
             if site == OWN_SITE:
                 pid = participant_of(row["name"])
                 for i in (i for i, p in enumerate(ids) if p == pid):
-                    own_x.append(density(hist))
+                    own_x.append(density_of(hist))
                     own_of.append(i)
                 continue
-            x.append(density(hist))
+            x.append(density_of(hist))
             ages.append(float(row["age"]))
             sites.append(site)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     source = {"file": path.name, "sha256": digest, "rows": len(x),
               "sites": sorted(set(sites)), "own_site_rows": len(own_of),
-              "own_site": f"{OWN_SITE} rows of training participants only, in their folds"}
+              "own_site": f"{OWN_SITE} rows of training participants only, in their folds",
+              "form": spec.get("form") or "as stored"}
     return SeedRows(np.array(x).reshape(-1, HIST_BINS), np.array(ages, float), sites,
                     np.array(own_x).reshape(-1, HIST_BINS), np.array(own_of, int), source)

@@ -136,7 +136,8 @@ def seed_rows(args, subjects):
 
     if not getattr(args, "seed_rows", None):
         raise ValueError("the rf_sites model needs --seed-rows")
-    return load_seed_rows(args.seed_rows, [s.participant_id for s in subjects])
+    return load_seed_rows(args.seed_rows, [s.participant_id for s in subjects],
+                          member_input("rf_sites", args))
 
 
 def penalty_text(grouped: bool) -> str:
@@ -155,9 +156,10 @@ ARCHITECTURES = {
     "rf_sites": lambda args, grouped: (
         f"RandomForestRegressor({args.rf_trees} trees, max_features 0.33, min_samples_leaf 2) "
         f"on the 100-bin histogram of GMM-normalised intensities (WM = 1, 0-1.5) in the "
-        f"brain mask, trained on the pool's images and on the original project's histogram "
-        f"rows of 20 other sites (FCP-1000) and of the pool's own participants "
-        f"(--seed-rows, training.seed_rows)"),
+        f"brain mask read in its log-quantile form (log intensities, 10th and 90th "
+        f"percentiles at 0 and 1), trained on the pool's images and on the original "
+        f"project's histogram rows of 20 other sites (FCP-1000) and of the pool's own "
+        f"participants, in the same form (--seed-rows, training.seed_rows)"),
     "morph": lambda args, grouped: (
         f"standardised features, ridge ({penalty_text(grouped)}) "
         "on log-Jacobians of a SyN warp to the template and rank-normalised intensities, both "
@@ -329,6 +331,9 @@ def preprocessing(spec: dict) -> str:
         last = "rank-normalised, mapped onto the reference quantiles"
     elif norm == "rank":
         last = "rank-normalised"
+    elif spec.get("form") == "logquantile":
+        last = ("GMM normalisation (WM = 1), its histogram in log-quantile form (log "
+                "intensities, 10th percentile = 0, 90th = 1)")
     elif norm == "loggmm":
         last = "log intensities, 3-class GMM (CSF = 0, WM = 1)"
     elif norm == "logquantile":

@@ -120,7 +120,7 @@ def test_plain_gmm_histogram_occlusion_rows():
     the histogram of the brain's normalised voxels without that region, the whole brain's
     normalisation kept, in the same form."""
     from bids_brainage.features.histogram import intensity_histogram
-    from bids_brainage.models.predict import histogram_form, model_inputs
+    from bids_brainage.models.predict import histogram_form, model_inputs, model_region
     from bids_brainage.preproc.normalize import normalize_intensity
     from bids_brainage.training.seed_rows import SITES_INPUT
 
@@ -128,10 +128,12 @@ def test_plain_gmm_histogram_occlusion_rows():
     rows, present = explain.histogram_occlusion_inputs(data, mask, SITES_INPUT)
     assert rows.shape == (present.size + 1, 100)
     np.testing.assert_allclose(rows[0], model_inputs(data, mask, SITES_INPUT), atol=1e-9)
-    norm, _ = normalize_intensity(data, mask, "gmm")
+    region = model_region(mask, SITES_INPUT)  # inside the template brain, not eroded
+    assert 0.9 * mask.sum() < region.sum() <= mask.sum()
+    norm, _ = normalize_intensity(data, region, "gmm")
     labels, _ = explain.atlas()
     for k in (0, present.size // 2, present.size - 1):
-        without = mask & (labels != present[k])
+        without = region & (labels != present[k])
         direct = histogram_form(intensity_histogram(norm, without, "gmm", 100)[0], SITES_INPUT)
         # a voxel on a bin edge may round to the other bin: one voxel is ~1e-5 of density
         np.testing.assert_allclose(rows[k + 1], direct, atol=1e-4)

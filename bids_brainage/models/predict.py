@@ -107,7 +107,9 @@ def model_region(mask: np.ndarray, spec: dict) -> np.ndarray:
 
     from bids_brainage.preproc.template import template_2mm, template_mask
 
-    inner = ndimage.binary_erosion(template_mask(template_2mm()), iterations=spec.get("erode", 2))
+    inner = template_mask(template_2mm())
+    if spec.get("erode", 2) > 0:  # scipy erodes until nothing changes for iterations=0
+        inner = ndimage.binary_erosion(inner, iterations=spec.get("erode", 2))
     return mask & inner
 
 

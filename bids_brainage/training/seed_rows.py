@@ -24,11 +24,13 @@ import numpy as np
 
 from bids_brainage.features.histogram import HIST_BINS, HIST_RANGE
 
-# the forest's input: our GMM histogram in rep2's form, on the whole brain mask as rep2 was,
-# read in its log-quantile form (features.histogram.gmm_to_logquantile), seed rows the same:
-# GMM histograms move 8 years under a gamma change of the image, their log-quantile form 1.5
+# the forest's input: our GMM histogram in rep2's form, inside the template's brain mask (not
+# eroded), read in its log-quantile form (features.histogram.gmm_to_logquantile), the seed rows
+# the same. GMM histograms moved 8 years under a gamma change of the image, their log-quantile
+# form 1.5; on the whole brain mask (as rep2 was made) a mask dilated by 2 voxels moved the
+# forest 15 years, inside the template brain 2.4 (docs/models.md)
 SITES_INPUT = {"feature": "histogram", "normalization": "gmm", "bins": HIST_BINS,
-               "form": "logquantile"}
+               "form": "logquantile", "region": "template", "erode": 0}
 OWN_SITE = "IXI"
 
 

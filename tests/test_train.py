@@ -156,7 +156,7 @@ def test_training_with_seed_rows(trained, ixi_pool, example_run, tmp_path):
     card = cards["rf_sites"]
     assert card["kind"] == "forest" and card["default"]
     assert card["input"] == {"feature": "histogram", "normalization": "gmm", "bins": 100,
-                             "form": "logquantile", "region": "template", "erode": 0}
+                             "form": "logquantile"}
     source = card["training"]["seed_rows"]
     assert source["rows"] == 1093 and len(source["sites"]) == 20
     assert source["own_site_rows"] == len(SUBSET)  # IXI rows of the 12, never anyone else's

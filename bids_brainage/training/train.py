@@ -156,7 +156,7 @@ ARCHITECTURES = {
     "rf_sites": lambda args, grouped: (
         f"RandomForestRegressor({args.rf_trees} trees, max_features 0.33, min_samples_leaf 2) "
         f"on the 100-bin histogram of GMM-normalised intensities (WM = 1, 0-1.5) in the "
-        f"brain inside the template's brain mask, read in its log-quantile form (log intensities, 10th and 90th "
+        f"brain mask read in its log-quantile form (log intensities, 10th and 90th "
         f"percentiles at 0 and 1), trained on the pool's images and on the original "
         f"project's histogram rows of 20 other sites (FCP-1000) and of the pool's own "
         f"participants, in the same form (--seed-rows, training.seed_rows)"),

@@ -175,7 +175,9 @@ def test_one_mm_version_predicts_like_the_two_mm_original(tmp_path, example_run)
     assert one.keys() == two.keys() and one
     for key in one:
         # measured on IXI095 with the models fitted on all 138: rf -2.5, tissue +2.7,
-        # ensemble +0.85 years; the cards' "res1" figures over 5 pool images the gate's models
-        # never saw: rf 0.87 (worst 1.5), tissue 1.47 (2.2), ensemble 0.95 (1.5)
-        limit = 2.0 if key[1] == "ensemble" else 3.5
+        # rf_sites +1.7, ensemble +2.3 years (0.65 tissue + 0.35 rf_sites: the previous
+        # ensemble's rf weight cancelled tissue's move, +0.85); the cards' "res1" figures over
+        # 5 pool images the gate's models never saw: rf 0.87 (worst 1.5), tissue 1.47 (2.2),
+        # rf_sites 2.03 (3.3), ensemble 1.24 (2.6)
+        limit = 3.0 if key[1] == "ensemble" else 3.5
         assert abs(one[key] - two[key]) <= limit, (key, one[key], two[key])

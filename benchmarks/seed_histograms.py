@@ -18,6 +18,7 @@ import numpy as np
 
 from bids_brainage.bids.participants import read_participants
 from bids_brainage.training.dataset import build_inputs, find_subjects
+from bids_brainage.training.seed_rows import participant_of as ixi_id
 from bids_brainage.models.forest import train_forest
 from bids_brainage.training.splits import DEFAULT_SEED, SPLIT_FRACTIONS, stratified_assign
 
@@ -28,10 +29,6 @@ EXAMPLE_IDS = {"IXI095", "IXI161", "IXI354"}
 
 def load_seed(rep: str) -> dict[str, list[dict]]:
     return json.loads((SEED_DIR / f"{rep}.json").read_text())
-
-
-def ixi_id(name: str) -> str:
-    return name.split(".")[0].split("-")[0]
 
 
 def compare(ours: np.ndarray, ids: list[str], rep: dict) -> dict:

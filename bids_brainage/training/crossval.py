@@ -33,7 +33,8 @@ class Member:
     (``training.seed_rows``), of the images ``copy_of`` names: training rows wherever their
     image is a training row, never predicted or scored. ``extra_x``/``extra_y`` are rows of
     people outside the dataset (other sites' seed rows): training rows of every fit, each its
-    own group, never predicted or scored.
+    own group, never predicted or scored; ``extra_source`` says where they came from (the
+    card's record).
     """
 
     name: str
@@ -43,6 +44,7 @@ class Member:
     copy_of: np.ndarray | None = None
     extra_x: np.ndarray | None = None
     extra_y: np.ndarray | None = None
+    extra_source: dict | None = None
 
     def training(self, rows, ages, groups):
         """``(x, y, groups)`` of ``rows``, of their copies and of the extra rows."""

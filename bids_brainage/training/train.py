@@ -52,13 +52,13 @@ MORPH_INPUT = {"feature": "morphometry", **MODEL_REGION}
 TISSUE_INPUT = {"feature": "tissue"}
 SKLEARN_MODELS = ("rf", "morph", "tissue", "rf_sites")
 FORESTS = ("rf", "rf_sites")
+LICENCE = ("CC BY-SA 3.0 (trained on IXI: Imperial College London, brain-development.org; "
+           "resampled and labelled by NiChart, CBICA)")
 
 
 def member_kind(name: str) -> str:
     """The card's ``kind`` of a scikit-learn member: the forests, or a ridge."""
     return "forest" if name in FORESTS else "ridge"
-LICENCE = ("CC BY-SA 3.0 (trained on IXI: Imperial College London, brain-development.org; "
-           "resampled and labelled by NiChart, CBICA)")
 
 
 def metrics(age, predicted) -> dict:
@@ -110,34 +110,26 @@ def member_input(name: str, args) -> dict:
 
 def sklearn_member(name: str, subjects, args, cache: Path) -> Member:
     """A forest or ridge member: every image's input and, with ``--copies``, its copies';
-    ``rf_sites`` also the seed rows of ``--seed-rows`` (``training.seed_rows``)."""
+    ``rf_sites`` also the seed rows of ``--seed-rows`` (``training.seed_rows``; ``run``
+    refuses ``rf_sites`` without it)."""
     from bids_brainage.training.augment import augmented_spec
     from bids_brainage.training.dataset import build_inputs
+    from bids_brainage.training.seed_rows import load_seed_rows
 
     spec = member_input(name, args)
     x = build_inputs(subjects, spec, nprocs=args.nprocs, cache_dir=cache)
-    copies = copy_of = extra_x = extra_y = None
+    copies = copy_of = extra_x = extra_y = source = None
     if args.copies:
         copies = np.concatenate([
             build_inputs(subjects, augmented_spec(spec, i, args.random_seed),
                          nprocs=args.nprocs, cache_dir=cache) for i in range(args.copies)])
         copy_of = np.tile(np.arange(len(subjects)), args.copies)
     if name == "rf_sites":
-        seed = seed_rows(args, subjects)
-        extra_x, extra_y = seed.x, seed.ages
+        seed = load_seed_rows(args.seed_rows, [s.participant_id for s in subjects], spec)
+        extra_x, extra_y, source = seed.x, seed.ages, seed.source
         copies = seed.own_x if copies is None else np.concatenate([copies, seed.own_x])
         copy_of = seed.own_of if copy_of is None else np.concatenate([copy_of, seed.own_of])
-    return Member(name, x, sklearn_fit(name, args), copies, copy_of, extra_x, extra_y)
-
-
-def seed_rows(args, subjects):
-    """The ``--seed-rows`` file's rows for the pool's ``subjects`` (``rf_sites`` needs it)."""
-    from bids_brainage.training.seed_rows import load_seed_rows
-
-    if not getattr(args, "seed_rows", None):
-        raise ValueError("the rf_sites model needs --seed-rows")
-    return load_seed_rows(args.seed_rows, [s.participant_id for s in subjects],
-                          member_input("rf_sites", args))
+    return Member(name, x, sklearn_fit(name, args), copies, copy_of, extra_x, extra_y, source)
 
 
 def penalty_text(grouped: bool) -> str:
@@ -434,9 +426,8 @@ def run(args) -> int:
                     "default": member.name in defaults,
                     "validation": validation_block(nested, member.name, final, args),
                     **calibration(final.oof[member.name], final.ages, source)}
-            if member.name == "rf_sites":
-                card["training"] = {**card["training"], "seed_rows": seed_rows(
-                    args, subjects).source}
+            if member.extra_source:  # read once, with the rows (sklearn_member)
+                card["training"] = {**card["training"], "seed_rows": member.extra_source}
             add_external(card, external, member.name)
             add_robustness(card, robustness, reasons)
             cards.append(card)

@@ -14,13 +14,15 @@ the thread count). Two steps can use the others without changing a number:
 
 The helper is a plain ``python -c`` process (not multiprocessing, whose "spawn" imports the
 caller's main script again) answering pickled requests on its stdin, one at a time, in
-order: ``(module, function, args)`` of this package. A caller that cannot reach it (it died,
+order: ``(module, function, args)`` of this package; they are written as they come, not each
+after the answer before it. A caller that cannot reach it (it died,
 it could not start) does the work itself, with the same numbers. Started once per process
 and thread count (:func:`helper`), stopped at exit.
 """
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures
 import importlib
 import logging
@@ -47,27 +49,72 @@ class Helper:
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from bids_brainage.helper import serve; serve()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self._lock = threading.Lock()
-        # requests go out and answers come back in a thread of this process, so that a
-        # caller can go on meanwhile (submit); one at a time, in the order submitted
+        # requests are written by a thread of this process, so that a caller goes on while a
+        # large one is still being read; answers are read by another, in the same order.
+        # A request is written without waiting for the answer before it: the helper goes
+        # from one to the next even while this process cannot run Python (ANTs holds the
+        # interpreter's lock for a whole registration: measured, the tissue warp's loading
+        # waited 5 s behind an answer nobody here could read)
         self._sender = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="helper")
+        self._pending: collections.deque = collections.deque()
+        self._pending_lock = threading.Lock()
+        self._broken: BaseException | None = None
+        self._reader = threading.Thread(target=self._read_answers, name="helper-answers",
+                                        daemon=True)
+        self._reader.start()
 
     def call(self, module: str, function: str, *args):
         """``module.function(*args)`` in the helper; raises what it raised there (as a
         RuntimeError) or one of :data:`UNREACHABLE`."""
-        with self._lock:
-            pickle.dump((module, function, args), self.process.stdin,
-                        protocol=pickle.HIGHEST_PROTOCOL)
-            self.process.stdin.flush()
-            ok, value = pickle.load(self.process.stdout)
-        if not ok:
-            raise RuntimeError(value)
-        return value
+        return self.submit(module, function, *args).result()
 
     def submit(self, module: str, function: str, *args) -> concurrent.futures.Future:
         """:meth:`call` begun; the future's result is the call's."""
-        return self._sender.submit(self.call, module, function, *args)
+        answer = concurrent.futures.Future()
+        request = pickle.dumps((module, function, args), protocol=pickle.HIGHEST_PROTOCOL)
+        with self._pending_lock:
+            if self._broken is not None:
+                raise EOFError(f"the helper process is gone ({self._broken})")
+            self._pending.append(answer)
+            written = self._sender.submit(self._write, request)
+        written.add_done_callback(lambda done: self._unsent(answer, done))
+        return answer
+
+    def _write(self, request: bytes) -> None:
+        self.process.stdin.write(request)
+        self.process.stdin.flush()
+
+    def _unsent(self, answer, written) -> None:
+        """A request that could not be written fails its caller (the helper died)."""
+        exc = written.exception() if not written.cancelled() else EOFError("not sent")
+        if exc is not None:
+            self._fail(exc if isinstance(exc, UNREACHABLE) else OSError(str(exc)))
+
+    def _read_answers(self) -> None:
+        while True:
+            try:
+                ok, value = pickle.load(self.process.stdout)
+            except (*UNREACHABLE, ValueError) as exc:  # ValueError: its pipe was closed
+                self._fail(exc if isinstance(exc, UNREACHABLE) else EOFError(str(exc)))
+                return
+            with self._pending_lock:
+                answer = self._pending.popleft() if self._pending else None
+            if answer is None:
+                continue
+            if ok:
+                answer.set_result(value)
+            else:
+                answer.set_exception(RuntimeError(value))
+
+    def _fail(self, exc: BaseException) -> None:
+        """The helper is gone: every answer still awaited fails with ``exc``."""
+        with self._pending_lock:
+            self._broken = self._broken or exc
+            waiting, self._pending = list(self._pending), collections.deque()
+        for answer in waiting:
+            if not answer.done():
+                answer.set_exception(exc)
 
     def stop(self) -> None:
         self._sender.shutdown(wait=False, cancel_futures=True)
@@ -80,6 +127,7 @@ class Helper:
             self.process.kill()
             self.process.wait()
         finally:
+            self._reader.join(timeout=10)
             self.process.stdout.close()
 
 

@@ -62,3 +62,33 @@ def test_a_compressed_source_is_copied_as_is(tmp_path):
     src = tmp_path / "mask.nii.gz"
     src.write_bytes(gzip.compress(b"mask"))
     assert copy_compressed(src, tmp_path / "d" / "m.nii.gz").read_bytes() == src.read_bytes()
+
+
+def test_nipype_hashes_each_file_content_once(tmp_path):
+    """The run's content hashes are nipype's own (md5 of the bytes: work dirs stay valid),
+    computed once per file and again when the file changes."""
+    from nipype.interfaces.base import specs
+    from nipype.utils import filemanip
+
+    from bids_brainage.levels import participant
+
+    participant.apply_nipype_settings(participant.nipype_settings(
+        type("S", (), {"verbose": False})(), tmp_path / "crash"))
+    assert specs.hash_infile is participant.cached_hash_infile
+    path = tmp_path / "a.nii"
+    path.write_bytes(os.urandom(5 << 20))
+    expected = filemanip.md5(path.read_bytes()).hexdigest()
+    assert participant.cached_hash_infile(str(path)) == expected
+    calls = []
+    real_md5 = filemanip.hashlib.md5
+
+    def counting_md5(*args):
+        calls.append(1)
+        return real_md5(*args)
+
+    assert participant.cached_hash_infile(str(path), crypto=counting_md5) == expected
+    assert participant.cached_hash_infile(str(path), crypto=counting_md5) == expected
+    assert len(calls) == 1
+    path.write_bytes(b"changed")  # other content, size and time: hashed again
+    assert participant.cached_hash_infile(str(path)) == filemanip.md5(b"changed").hexdigest()
+    assert participant.cached_hash_infile(str(tmp_path / "absent")) is None

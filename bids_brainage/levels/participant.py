@@ -58,6 +58,47 @@ def apply_nipype_settings(values: dict) -> None:
 
     config.update_config(values)
     nlogging.update_logging(config)
+    _hash_each_file_once()
+
+
+# a file's content hash, by (path, inode, size, mtime): nipype hashes every input file of a
+# step twice (the cache check, then the run), 8 KiB at a time
+_HASHES: dict[tuple, str] = {}
+
+
+def cached_hash_infile(afile, chunk_len=8192, crypto=None, raise_notfound=False):
+    """nipype's ``hash_infile`` (the md5 of the file's bytes: the same cache keys), read in
+    4 MiB chunks and remembered for a file whose inode, size and modification time have not
+    changed. Measured on a 1 mm head (one image, 2 cores): nipype hashed 13 files 42 times
+    in 1.46 s, 0.89 s of it the 32 MB input, read 8 KiB at a time while the warm-up thread
+    held the GIL between chunks."""
+    import hashlib
+
+    try:
+        st = os.stat(afile)
+    except OSError:
+        st = None
+    if st is None or not os.path.isfile(afile):
+        if raise_notfound:
+            raise RuntimeError(f'File "{afile}" not found.')
+        return None
+    crypto = crypto or hashlib.md5
+    key = (os.path.abspath(afile), st.st_ino, st.st_size, st.st_mtime_ns, crypto)
+    if key not in _HASHES:
+        digest = crypto()
+        with open(afile, "rb") as fp:
+            while chunk := fp.read(4 << 20):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def _hash_each_file_once() -> None:
+    """Make nipype's content hashes use :func:`cached_hash_infile` (in this process)."""
+    from nipype.interfaces.base import specs
+    from nipype.utils import filemanip
+
+    filemanip.hash_infile = specs.hash_infile = cached_hash_infile
 
 
 def configure_nipype(settings, crash_dir: Path) -> dict:

@@ -190,3 +190,24 @@ def test_the_conform_step_keeps_a_scanners_integers_as_int16(tmp_path):
     (tmp_path / "b").mkdir()
     result = Conform(in_file=str(tmp_path / "halves.nii.gz")).run(cwd=str(tmp_path / "b"))
     assert nib.load(result.outputs.out_file).get_data_dtype() == np.float32
+
+
+def test_a_mixture_is_fitted_once_per_content_of_the_intensities():
+    """tissue_means remembers its fits by the intensities' content: the same values give the
+    same means without a second fit, other values their own fit, and a caller that changes
+    the returned array changes nothing remembered."""
+    from bids_brainage.preproc import normalize
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.normal(m, 4, 3000) for m in (30, 80, 120)])
+    normalize._FITTED.clear()
+    first = normalize.tissue_means(values)
+    first[:] = -1
+    again = normalize.tissue_means(values.copy())
+    assert len(normalize._FITTED) == 1
+    assert np.round(again).tolist() == [30.0, 80.0, 120.0]
+    other = normalize.tissue_means(values * 2)
+    assert len(normalize._FITTED) == 2 and np.round(other).tolist() == [60.0, 160.0, 240.0]
+    for scale in range(3, 30):  # a bounded memory
+        normalize.tissue_means(values * scale)
+    assert len(normalize._FITTED) == 16

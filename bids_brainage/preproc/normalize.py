@@ -40,13 +40,27 @@ def tissue_means(values: np.ndarray, seed: int = 0) -> np.ndarray:
     >>> np.round(tissue_means(v)).tolist()
     [30.0, 80.0, 120.0]
     """
+    import hashlib
+
     from sklearn.mixture import GaussianMixture
 
-    sample = _subsample(np.asarray(values, np.float64).ravel(), seed=seed)[:, None]
-    # start the classes at spread quantiles so the fit is the same on every run
-    init = np.quantile(sample, [0.1, 0.5, 0.9])[:, None]
-    gmm = GaussianMixture(3, means_init=init, random_state=seed, max_iter=200).fit(sample)
-    return np.sort(gmm.means_.ravel())
+    values = np.ascontiguousarray(values, np.float64).ravel()
+    key = (hashlib.blake2b(values.data, digest_size=16).hexdigest(), values.size, seed)
+    if key not in _FITTED:
+        sample = _subsample(values, seed=seed)[:, None]
+        # start the classes at spread quantiles so the fit is the same on every run
+        init = np.quantile(sample, [0.1, 0.5, 0.9])[:, None]
+        gmm = GaussianMixture(3, means_init=init, random_state=seed, max_iter=200).fit(sample)
+        while len(_FITTED) >= 16:
+            _FITTED.pop(next(iter(_FITTED)))
+        _FITTED[key] = np.sort(gmm.means_.ravel())
+    return _FITTED[key].copy()
+
+
+# the mixtures fitted last, by the content of the intensities: a prediction reads the same
+# brain's mixture for a model's age, its contribution map and the normalisation step
+# (measured on a 1 mm head: 4 fits of 0.5 s, 3 of them repeats)
+_FITTED: dict[tuple, np.ndarray] = {}
 
 
 def fuzzy_cmeans(values: np.ndarray, n_classes: int = 3, m: float = 2.0, iters: int = 100,

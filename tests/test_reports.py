@@ -107,6 +107,31 @@ def test_a_missing_file_costs_one_figure_not_the_report(image_files, tmp_path):
     assert "Brain mask on the T1w: could not be drawn" in html
 
 
+def test_the_helper_draws_the_same_mask_figure(image_files, participant_html, tmp_path):
+    """With two threads the run's helper draws the mask figure while this process draws the
+    others: the same report, to the byte; a mask it cannot read still costs one figure."""
+    from bids_brainage import helper
+
+    failed = {"label": "ses-2", "t1w": None, "mask": None, "mni": None, "template": None,
+              "template_mask": None, "histogram": None, "predictions": [], "timings": {},
+              "warnings": [], "status": "failed",
+              "message": "skull strip: <b>empty</b> mask & no brain"}
+    try:
+        html = write_participant_report(
+            tmp_path / "two.html", participant_id="sub-IXI095", threads=2,
+            images=[_ok_image(image_files, label="ses-1"), failed]).read_text()
+        assert html == participant_html
+        broken_mask = tmp_path / "broken.nii.gz"
+        broken_mask.write_bytes(b"not a nifti")
+        image = _ok_image(image_files, mask=str(broken_mask))
+        html = write_participant_report(tmp_path / "r.html", participant_id="sub-IXI095",
+                                        images=[image], threads=2).read_text()
+        assert len(_embedded_pngs(html)) == 3
+        assert "Brain mask on the T1w: could not be drawn (RuntimeError: ImageFileError: " in html
+    finally:
+        helper.stop_helpers()
+
+
 def test_mask_outline_follows_the_mask(image_files):
     fig = figures.mask_outline_figure(image_files["t1w"], image_files["mask"])
     assert len(fig.axes) == 9

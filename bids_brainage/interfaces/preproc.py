@@ -170,6 +170,10 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
         0, usedefault=True, nohash=True,
         desc="> 1: the helper process with this many threads loads the tissue warp now, on "
              "the core this single-threaded registration leaves idle (bids_brainage.helper)")
+    report_threads = traits.Int(
+        0, usedefault=True, nohash=True,
+        desc="> 1: the helper with this many threads loads the report's plotting now "
+             "(matplotlib, its fonts: ~1 s), for the mask figure it draws beside the report")
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -198,6 +202,11 @@ class Register(TimedInterface):
 
             load_ahead(self.inputs.tissue_warp_threads, "bids_brainage.features.tissue",
                        "prepare_warp")
+        if self.inputs.report_threads > 1:
+            from bids_brainage.helper import load_ahead
+
+            load_ahead(self.inputs.report_threads, "bids_brainage.reports.participant",
+                       "prepare_figures")
 
         brain = _load(self.inputs.in_brain)
         mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0

@@ -26,6 +26,8 @@ class _ReportInputSpec(BaseInterfaceInputSpec):
     anat_dirs = traits.List(traits.Str, mandatory=True, desc="their folders in output_dir")
     tables = traits.List(File(exists=True), desc="the images' _brainage.tsv: the report "
                                                  "waits for them")
+    threads = traits.Int(1, usedefault=True, nohash=True,
+                         desc="> 1: the run's helper draws the mask figures meanwhile")
 
 
 class _ReportOutputSpec(TraitedSpec):
@@ -49,7 +51,7 @@ class ParticipantReport(SimpleInterface):
         mark("run_start", step="ParticipantReport", cwd=runtime.cwd)
         try:
             self._results["out_html"] = str(report_participant(
-                Path(i.output_dir), Path(i.work_dir), i.subject, images))
+                Path(i.output_dir), Path(i.work_dir), i.subject, images, threads=i.threads))
         except Exception as exc:  # noqa: BLE001 - a report is a view, not an output
             LOG.debug("report of sub-%s: %s: %s", i.subject, type(exc).__name__, exc)
         mark("run_end", step="ParticipantReport", cwd=runtime.cwd)

@@ -4,7 +4,8 @@ be, while the process waits for something else.
 - :func:`start_warm_up`: a thread that imports torch and loads deepbet's model (the first big
   step; with several threads the run's helper process does that, :mod:`bids_brainage.helper`),
   then nipype and the workflow's interfaces, the libraries of the later steps (SimpleITK,
-  antspyx, scikit-learn), and fills the template caches. It runs while the main thread
+  antspyx, scikit-learn), fills the template caches, loads the selected models' weights and
+  imports the report's plotting. It runs while the main thread
   waits for the BIDS validator (a process of its own) and while deepbet's network runs
   (torch releases the GIL); a process that runs the steps itself (one image) then finds
   them loaded.
@@ -78,6 +79,24 @@ class WarmUp(threading.Thread):
                 # builds it: the registration step asks it to)
                 tissue._fixed()  # noqa: SLF001
         yield caches
+
+        def models():
+            # the weights (rf_sites' forest is 7 MB of pickle: 0.6 s to load), read while
+            # the steps run, into the cache the prediction step reads
+            from bids_brainage.models.predict import _loaded
+            from bids_brainage.models.registry import load_cards, select_models, verified_file
+
+            cards = load_cards(self.settings.model_dir)
+            for name in select_models(cards, self.settings.models):
+                if cards[name].get("kind") in ("forest", "ridge"):
+                    _loaded(str(verified_file(cards[name])), cards[name].get("sha256"))
+        yield models
+        if self.settings.reports:  # the report's first figure loads fonts, writers: ~0.5 s
+            def figures():
+                from bids_brainage.reports.participant import prepare_figures
+
+                prepare_figures()
+            yield figures
 
     def run(self) -> None:
         try:

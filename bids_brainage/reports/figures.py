@@ -48,6 +48,17 @@ FRACTIONS = (0.25, 0.5, 0.75)
 PLANES = ((0, "sagittal", "PA", "IS"), (1, "coronal", "LR", "IS"), (2, "axial", "LR", "PA"))
 
 
+def prepare() -> None:
+    """What the first figure of a process would load (matplotlib, its fonts, the PNG writer,
+    scipy.ndimage, nibabel): a helper process does it ahead of the report."""
+    import nibabel  # noqa: F401
+    from scipy import ndimage  # noqa: F401
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().set_title("x")
+    to_data_uri(fig)
+
+
 def to_data_uri(fig: Figure, dpi: int = 80) -> str:
     """The figure as a ``data:image/png;base64,...`` URI (no Software tag: same bytes on rerun)."""
     buffer = io.BytesIO()

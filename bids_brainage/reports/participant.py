@@ -81,9 +81,11 @@ def write_reports(settings, images) -> list[Path]:
     return written
 
 
-def report_participant(output_dir: Path, work_dir: Path, subject: str, images) -> Path:
+def report_participant(output_dir: Path, work_dir: Path, subject: str, images,
+                       threads: int = 1) -> Path:
     """Draw ``sub-<subject>.html`` from its images' derivatives (``images``: objects with
-    ``prefix`` and ``anat_dir``), unless it is already the report of these derivatives."""
+    ``prefix`` and ``anat_dir``), unless it is already the report of these derivatives.
+    ``threads`` > 1: the run's helper process draws the mask figures meanwhile."""
     from bids_brainage.preproc.template import save_template_mask
 
     output_dir, work_dir = Path(output_dir), Path(work_dir)
@@ -97,7 +99,8 @@ def report_participant(output_dir: Path, work_dir: Path, subject: str, images) -
         return path
     key = inputs_key(f"sub-{subject}", entries)
     if not up_to_date(path, record, key):
-        write_participant_report(path, participant_id=f"sub-{subject}", images=entries)
+        write_participant_report(path, participant_id=f"sub-{subject}", images=entries,
+                                 threads=threads)
     remember(path, record, key)
     return path
 
@@ -167,39 +170,85 @@ def remember(path: Path, record: Path, key: str) -> None:
         pass
 
 
-def write_participant_report(path, *, participant_id: str, images: list[dict]) -> Path:
+def write_participant_report(path, *, participant_id: str, images: list[dict],
+                             threads: int = 1) -> Path:
     """Write the report of one participant (all its images) to ``path``, atomically.
 
     Each image dict: ``label``, ``t1w``, ``mask``, ``mni``, ``template``, ``template_mask``
     (paths or None), ``histogram`` (values, edges, normalization, peaks), ``predictions``
     (rows of the participant TSV as dicts), ``timings`` ({stage: seconds}), ``warnings``,
     ``status`` ("ok" or "failed") and ``message``. A figure that cannot be drawn is replaced
-    by a note saying why; the report itself is still written.
+    by a note saying why; the report itself is still written. With ``threads`` > 1 the
+    mask figures (the largest: the full-resolution head) are drawn in the run's helper
+    process (:mod:`bids_brainage.helper`) while this one draws the others: the same figures.
     """
-    prepared = [_prepare(participant_id, image, number) for number, image in enumerate(images)]
+    ahead = {number: _mask_figure_ahead(image, threads) for number, image in enumerate(images)}
+    prepared = [_prepare(participant_id, image, number, ahead[number])
+                for number, image in enumerate(images)]
     html = render(PARTICIPANT, title=f"{participant_id}: brain-age report",
                   participant_id=participant_id, version=__version__, images=prepared)
     return atomic_write_text(path, html)
 
 
-def _prepare(participant_id: str, image: dict, number: int) -> dict:
+MASK_CAPTION = "Brain mask on the T1w"
+
+
+def prepare_figures() -> None:
+    """Load what drawing the first figure loads (:func:`figures.prepare`) and this module:
+    a process that will draw a report does it ahead, while it waits for something else."""
+    from bids_brainage.reports import figures
+
+    figures.prepare()
+
+
+def mask_figure(t1w: str, mask: str) -> dict:
+    """The embedded mask figure (what the helper process draws)."""
+    from bids_brainage.reports import figures
+
+    return _embed(figures.mask_outline_figure(t1w, mask), MASK_CAPTION)
+
+
+def _mask_figure_ahead(image: dict, threads: int):
+    """The image's mask figure begun in the helper (``threads`` > 1); a function giving it,
+    or None (drawn here, in turn)."""
+    if threads <= 1 or not (_available(image, "t1w") and _available(image, "mask")):
+        return None
+    from bids_brainage import helper
+
+    args = (str(image["t1w"]), str(image["mask"]))
+    return helper.run_there(threads, lambda: mask_figure(*args), __name__, "mask_figure", *args)
+
+
+def _prepare(participant_id: str, image: dict, number: int, mask_ahead=None) -> dict:
     label = image.get("label") or ""
     title = f"{participant_id}_{label}" if label else participant_id
     status = image.get("status") or "ok"
-    figures, problems = [], []
+    todo, problems = [], []  # (caption, a function drawing it); problems in figure order
     for name, make, needs in _figure_specs(image):
         missing = [key for key in needs if not _available(image, key)]
         if "contrib" in missing:
             continue  # no linear tissue model among the models run: nothing to map
         if missing:
             if status == "ok":
-                problems.append(f"{name}: not shown, {', '.join(missing)} not available")
+                problems.append((len(todo), f"{name}: not shown, {', '.join(missing)} not "
+                                            f"available"))
             continue
+        if name == MASK_CAPTION and mask_ahead is not None:
+            todo.append((name, mask_ahead))
+        else:
+            todo.append((name, lambda make=make, name=name: _embed(make(), name)))
+    drawn = {}
+    # the figures drawn here first, then the one the helper drew meanwhile
+    for index in sorted(range(len(todo)), key=lambda i: todo[i][1] is mask_ahead):
+        name, draw = todo[index]
         try:
-            figures.append(_embed(make(), name))
+            drawn[index] = draw()
         except Exception as exc:  # one broken figure must not cost the whole report
             LOGGER.warning("%s: the %s figure failed: %s", title, name, exc)
-            problems.append(f"{name}: could not be drawn ({type(exc).__name__}: {exc})")
+            problems.append((index, f"{name}: could not be drawn ({type(exc).__name__}: "
+                                     f"{exc})"))
+    figures = [drawn[index] for index in sorted(drawn)]
+    problems = [text for _, text in sorted(problems, key=lambda item: item[0])]
     timings = {k: v for k, v in (image.get("timings") or {}).items()}
     return {
         "title": title,
@@ -247,7 +296,7 @@ def _figure_specs(image: dict):
         return figures.contribution_figure(image["mni"], image["contrib"])
 
     return (
-        ("Brain mask on the T1w", mask, ("t1w", "mask")),
+        (MASK_CAPTION, mask, ("t1w", "mask")),
         ("Registration to MNI space", mni, ("mni", "template_mask")),
         ("Normalised intensity histogram with tissue peaks", histogram, ("histogram",)),
         ("Predicted age of each model with its interval", predictions, ("predictions",)),

@@ -91,6 +91,9 @@ def init_image_wf(*, image, settings, age, predict: bool = True, name: str) -> p
         name="timings", run_without_submitting=True,
     )
     timings.inputs.predict = 0.0
+    if settings.reports and settings.omp_nthreads > 1:
+        # the helper imports the report's plotting now, for the mask figure it will draw
+        preproc_wf.get_node("register").inputs.report_threads = settings.omp_nthreads
     sink = pe.Node(DerivativesSink(
         output_dir=str(settings.output_dir), prefix=image.prefix, anat_dir=str(image.anat_dir),
         participant_id=f"sub-{image.subject}",
@@ -159,6 +162,7 @@ def _connect_report(workflow, subject: str, images, image_wfs, settings) -> None
     report = pe.Node(ParticipantReport(
         output_dir=str(settings.output_dir), work_dir=str(settings.work_dir), subject=subject,
         prefixes=[im.prefix for im in images], anat_dirs=[str(im.anat_dir) for im in images],
+        threads=settings.omp_nthreads,
     ), name=f"report_sub{label}", mem_gb=0.5)
     tables = pe.Node(niu.Merge(len(images)), name=f"tables_sub{label}",
                      run_without_submitting=True)

@@ -32,3 +32,21 @@ def test_log_spread_ignores_a_smooth_bias_field(brain):
     field = 0.25 * grid[0] - 0.15 * grid[1] ** 2 + 0.2 * grid[2] * grid[0]
     base = log_spread(logs, mask, (2.0, 2.0, 2.0))
     assert log_spread(logs + field, mask, (2.0, 2.0, 2.0)) == pytest.approx(base, rel=0.05)
+
+
+def test_n4_gives_the_same_field_with_any_thread_count(brain):
+    """The fit runs on one thread; the field's evaluation on the threads given, voxel by
+    voxel: the corrected image is the same to the bit."""
+    import nibabel as nib
+
+    from bids_brainage.preproc.bias import n4_correct
+
+    logs, mask = brain
+    grid = np.meshgrid(*[np.linspace(-1, 1, s) for s in logs.shape], indexing="ij")
+    head = np.exp(logs + 0.2 * grid[0] - 0.1 * grid[1] * grid[2]).astype(np.float32)
+    img = nib.Nifti1Image(head, np.diag([1.0, 1.0, 1.0, 1.0]))
+    one, field_one = n4_correct(img, mask, threads=1)
+    two, field_two = n4_correct(img, mask, threads=2)
+    assert np.array_equal(field_one, field_two)
+    assert np.array_equal(np.asarray(one.dataobj), np.asarray(two.dataobj))
+    assert not np.allclose(field_one, 1.0)

@@ -90,7 +90,7 @@ def n4_correct(
     img: nib.Nifti1Image,
     mask: np.ndarray,
     iterations: tuple[int, ...] = (50, 50, 30, 20),
-    threads: int = 1,  # accepted for symmetry; N4 runs single-threaded (reproducibility)
+    threads: int = 1,  # the fit runs on one (reproducibility); the field's evaluation on these
     log_spread_target: float = LOG_SPREAD,
 ) -> tuple[nib.Nifti1Image, np.ndarray]:
     """Correct the bias field of ``img`` inside ``mask``; return ``(corrected, field)``.
@@ -127,7 +127,13 @@ def n4_correct(
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations(list(iterations))
     corrector.Execute(small, small_mask)
-    log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image))
+    # the B-spline field at every voxel of the image: each voxel on its own, so the same to
+    # the bit with any thread count (measured, and tested); 0.5 s of a 1 mm head on one
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(threads)))
+    try:
+        log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image))
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     field = np.exp(log_field.transpose(2, 1, 0) / scale).astype(np.float32)
     corrected = np.where(field > 0, data / field, data).astype(np.float32)
     header = img.header.copy()

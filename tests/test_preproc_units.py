@@ -211,3 +211,29 @@ def test_a_mixture_is_fitted_once_per_content_of_the_intensities():
     for scale in range(3, 30):  # a bounded memory
         normalize.tissue_means(values * scale)
     assert len(normalize._FITTED) == 16
+
+
+def test_largest_component_on_the_bounding_box_is_the_whole_arrays():
+    """Cropping to the mask's box changes no voxel: the same component (ties included) and
+    the same holes as labelling and filling the whole array, wherever the mask touches."""
+    from scipy import ndimage
+
+    def whole(mask):
+        labels, n = ndimage.label(mask)
+        if n > 1:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            mask = labels == int(np.argmax(sizes))
+        return ndimage.binary_fill_holes(mask)
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(300):
+        mask = rng.random(tuple(rng.integers(1, 12, 3))) < rng.uniform(0.05, 0.9)
+        if mask.any():
+            assert np.array_equal(largest_component(mask), whole(mask))
+            checked += 1
+    shell = np.zeros((9, 9, 9), bool)  # a hollow box touching the border: filled
+    shell[:6, :6, :6] = True
+    shell[1:5, 1:5, 1:5] = False
+    assert largest_component(shell).sum() == 216 and checked > 250

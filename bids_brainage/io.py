@@ -266,6 +266,27 @@ def _raw_header(path: Path, img):
         return None
 
 
+def _image_data(path: Path, img):
+    """``np.asanyarray(img.dataobj)``, the same array; a compressed file is read and unpacked
+    in one piece, no further than the header says the data go. nibabel unpacks 8 KiB at a
+    time, each piece waiting for the interpreter's lock: a 1 mm head's 32 MB took 0.9 s
+    while the run's warm-up thread imported, 0.14 s alone."""
+    import zlib
+
+    import nibabel as nib
+    import numpy as np
+
+    if not path.name.endswith(".gz") or not isinstance(img, nib.Nifti1Image):
+        return np.asanyarray(img.dataobj)
+    header = img.header  # the offset nibabel reads from (a header's 0 means 352)
+    end = int(img.dataobj.offset) + int(np.prod(header.get_data_shape())) * \
+        header.get_data_dtype().itemsize
+    raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(path.read_bytes(), end)
+    if len(raw) < end:  # several gzip members, or a short file: nibabel reads it (or says why)
+        return np.asanyarray(img.dataobj)
+    return np.asanyarray(type(img).from_bytes(raw).dataobj)
+
+
 def load_t1w(path: Path | str):
     """Load a T1w image and refuse what the pipeline cannot use, naming file and reason.
 
@@ -286,7 +307,7 @@ def load_t1w(path: Path | str):
                          f"({type(exc).__name__}: {_without_path(str(exc), path)})") from exc
     check_header(path, img)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = _image_data(path, img)
     except Exception as exc:
         raise InputError(f"{path}: cannot read the image data "
                          f"({type(exc).__name__}: {_without_path(str(exc), path)})") from exc

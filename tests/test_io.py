@@ -92,3 +92,34 @@ def test_nipype_hashes_each_file_content_once(tmp_path):
     path.write_bytes(b"changed")  # other content, size and time: hashed again
     assert participant.cached_hash_infile(str(path)) == filemanip.md5(b"changed").hexdigest()
     assert participant.cached_hash_infile(str(tmp_path / "absent")) is None
+
+
+def test_a_compressed_image_is_read_as_nibabel_reads_it(tmp_path):
+    """load_t1w unpacks a .nii.gz in one piece: the same array as nibabel's (scaled
+    integers; a header whose vox_offset is 0; a file of two gzip members), and a truncated
+    file is still refused with its name."""
+    import nibabel as nib
+    import numpy as np
+
+    from bids_brainage.io import InputError, _image_data, load_t1w
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 3000, (20, 22, 18)).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([1.0, 1.2, 1.0, 1.0]))
+    img.header.set_slope_inter(0.5, 10.0)
+    path = tmp_path / "scaled.nii.gz"
+    img.to_filename(str(path))
+    loaded = nib.load(str(path))
+    assert np.array_equal(_image_data(path, loaded), np.asanyarray(loaded.dataobj))
+    raw = gzip.decompress(path.read_bytes())
+    zero = bytearray(raw)
+    zero[108:112] = np.float32(0).tobytes()  # vox_offset 0: nibabel reads from 352
+    for name, content in (("zero.nii.gz", gzip.compress(bytes(zero))),
+                          ("members.nii.gz", gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))):
+        (tmp_path / name).write_bytes(content)
+        loaded = nib.load(str(tmp_path / name))
+        assert np.array_equal(_image_data(tmp_path / name, loaded),
+                              np.asanyarray(nib.load(str(tmp_path / name)).dataobj))
+    (tmp_path / "short.nii.gz").write_bytes(gzip.compress(raw[:-500]))
+    with pytest.raises(InputError, match="short.nii.gz"):
+        load_t1w(tmp_path / "short.nii.gz")

@@ -152,3 +152,33 @@ def test_predictions_with_threads_equal_those_without():
     assert one[1]["reliability"] == two[1]["reliability"]
     a, b = one[1]["contributions"], two[1]["contributions"]
     assert np.array_equal(a.pop("map"), b.pop("map")) and a == b
+
+
+def test_features_begun_by_the_registration_are_taken_over_by_the_prediction():
+    """The registration step begins the tissue features of its MNI brain; a prediction of the
+    same brain (equal arrays, not the same objects) takes them over, with the numbers of one
+    thread; another brain is computed for itself."""
+    from bids_brainage.helper import stop_helpers
+    from bids_brainage.models.predict import predict_ages
+    from bids_brainage.models.registry import default_models, load_cards
+
+    data, mask = _template_brain()
+    data = data * 1000.0 / data[mask].mean()
+    cards = load_cards()
+    names = default_models(cards)
+    try:
+        one = predict_ages(data, mask, cards, names, threads=1)
+        tissue.begin_tissue_features(data, mask, threads=2)
+        assert len(tissue._BEGUN) == 1
+        two = predict_ages(data.copy(), mask.copy(), cards, names, threads=2)
+        assert not tissue._BEGUN  # taken over
+        tissue.begin_tissue_features(data * 1.01, mask, threads=2)  # another brain
+        direct = tissue.tissue_features(data, mask, threads=1)
+        assert np.array_equal(tissue.tissue_features(data, mask, threads=2), direct)
+        assert len(tissue._BEGUN) == 1
+        tissue.begin_tissue_features(data, mask, threads=1)  # one thread: nothing begun
+        assert len(tissue._BEGUN) == 1
+    finally:
+        tissue._BEGUN.clear()
+        stop_helpers()
+    assert one[0] == two[0]

@@ -251,9 +251,45 @@ def tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1) -> np.n
     return start_tissue_features(mni, mask, threads)()
 
 
+# tissue features begun ahead (:func:`begin_tissue_features`), by the content of their input
+_BEGUN: dict[str, object] = {}
+
+
+def _content_key(mni: np.ndarray, mask: np.ndarray) -> str:
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (np.ascontiguousarray(mni, np.float32), np.ascontiguousarray(mask, bool)):
+        digest.update(repr(array.shape).encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def begin_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int) -> None:
+    """Begin :func:`start_tissue_features` now (the registration step, as soon as the MNI
+    brain exists, with ``threads`` > 1: the warp goes to the helper), for a later call with
+    the same brain in this process to finish: the warp then runs while the normalisation
+    step and the prediction's other models work. Keeps the last few begun."""
+    if threads <= 1:
+        return
+    key = _content_key(mni, mask)
+    while len(_BEGUN) >= 4:
+        _BEGUN.pop(next(iter(_BEGUN)))
+    _BEGUN[key] = _start_tissue_features(mni, mask, threads)
+
+
 def start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1):
     """:func:`tissue_features` begun (segmented, the warp handed to its helper with
-    ``threads`` > 1); the function returned finishes it."""
+    ``threads`` > 1), or taken over when :func:`begin_tissue_features` began it for this
+    brain; the function returned finishes it."""
+    if _BEGUN:
+        begun = _BEGUN.pop(_content_key(mni, mask), None)
+        if begun is not None:
+            return begun
+    return _start_tissue_features(mni, mask, threads)
+
+
+def _start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int):
     post, _ = segment(mni, mask)
     warped = start_warp(post, threads=threads)
 

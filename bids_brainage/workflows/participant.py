@@ -80,8 +80,11 @@ def init_preproc_wf(*, settings, name: str = "preproc_wf") -> pe.Workflow:
     return workflow
 
 
-def init_image_wf(*, image, settings, age, predict: bool = True, name: str) -> pe.Workflow:
-    """Preprocess one T1w image, predict its age and write its derivatives."""
+def init_image_wf(*, image, settings, age, predict: bool = True, name: str,
+                  in_process: bool = False) -> pe.Workflow:
+    """Preprocess one T1w image, predict its age and write its derivatives. ``in_process``:
+    its steps run in one process, one after the other (the registration step may then begin
+    the prediction's work)."""
     workflow = pe.Workflow(name=name)
     preproc_wf = init_preproc_wf(settings=settings)
     preproc_wf.inputs.inputnode.t1w = str(image.path)
@@ -120,6 +123,9 @@ def init_image_wf(*, image, settings, age, predict: bool = True, name: str) -> p
                                                                         settings.models):
             # the tissue warp's own process loads while the registration keeps one core
             preproc_wf.get_node("register").inputs.tissue_warp_threads = settings.omp_nthreads
+            if in_process:  # and the warp begins there, for this process's prediction
+                preproc_wf.get_node("register").inputs.begin_tissue_threads = \
+                    settings.omp_nthreads
 
         predictor = pe.Node(Predict(
             model_dir=str(settings.model_dir or ""), models=list(settings.models),
@@ -142,12 +148,16 @@ def init_participant_wf(*, images, settings, ages: dict, predict: bool = True,
                         name: str = "bids_brainage_wf") -> pe.Workflow:
     """One sub-workflow per T1w image; nipype runs them in parallel and caches each step.
     With reports, one report node per participant after all its images."""
+    from bids_brainage.levels.participant import runs_in_this_process
+
     workflow = pe.Workflow(name=name, base_dir=str(settings.work_dir))
     image_wfs = {}
+    in_process = runs_in_this_process(settings, images)
     for image in images:
         image_wfs[image] = init_image_wf(image=image, settings=settings,
                                          age=ages.get(f"sub-{image.subject}"),
-                                         predict=predict, name=f"{image.node_name}_wf")
+                                         predict=predict, name=f"{image.node_name}_wf",
+                                         in_process=in_process)
         workflow.add_nodes([image_wfs[image]])
     if settings.reports:
         subjects = sorted({image.subject for image in images})

@@ -11,6 +11,7 @@ browser with no network: figures are PNG data URIs, styles inline, no scripts.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -179,10 +180,10 @@ def write_participant_report(path, *, participant_id: str, images: list[dict],
     (rows of the participant TSV as dicts), ``timings`` ({stage: seconds}), ``warnings``,
     ``status`` ("ok" or "failed") and ``message``. A figure that cannot be drawn is replaced
     by a note saying why; the report itself is still written. With ``threads`` > 1 the
-    mask figures (the largest: the full-resolution head) are drawn in the run's helper
+    mask figures and contribution maps (:data:`DRAWN_THERE`) are drawn in the run's helper
     process (:mod:`bids_brainage.helper`) while this one draws the others: the same figures.
     """
-    ahead = {number: _mask_figure_ahead(image, threads) for number, image in enumerate(images)}
+    ahead = {number: _figures_ahead(image, threads) for number, image in enumerate(images)}
     prepared = [_prepare(participant_id, image, number, ahead[number])
                 for number, image in enumerate(images)]
     html = render(PARTICIPANT, title=f"{participant_id}: brain-age report",
@@ -191,35 +192,57 @@ def write_participant_report(path, *, participant_id: str, images: list[dict],
 
 
 MASK_CAPTION = "Brain mask on the T1w"
+CONTRIB_CAPTION = "Why this age: contributions of each place of the brain"
 
 
 def prepare_figures() -> None:
-    """Load what drawing the first figure loads (:func:`figures.prepare`) and this module:
-    a process that will draw a report does it ahead, while it waits for something else."""
+    """Load what drawing the first figure loads (:func:`figures.prepare`), this module and
+    the report's compiled template: a process that will draw a report does it ahead, while
+    it waits for something else."""
     from bids_brainage.reports import figures
+    from bids_brainage.reports.templates import compiled
 
     figures.prepare()
+    compiled(PARTICIPANT)
 
 
 def mask_figure(t1w: str, mask: str) -> dict:
-    """The embedded mask figure (what the helper process draws)."""
+    """The embedded mask figure (the helper process draws it)."""
     from bids_brainage.reports import figures
 
     return _embed(figures.mask_outline_figure(t1w, mask), MASK_CAPTION)
 
 
-def _mask_figure_ahead(image: dict, threads: int):
-    """The image's mask figure begun in the helper (``threads`` > 1); a function giving it,
-    or None (drawn here, in turn)."""
-    if threads <= 1 or not (_available(image, "t1w") and _available(image, "mask")):
-        return None
+def contributions_figure(mni: str, contrib: str) -> dict:
+    """The embedded contribution map (the helper process draws it)."""
+    from bids_brainage.reports import figures
+
+    return _embed(figures.contribution_figure(mni, contrib), CONTRIB_CAPTION)
+
+
+# the figures the run's helper draws while this process draws the others (the largest:
+# the full-resolution head, then the map): caption -> (function of this module, its inputs)
+DRAWN_THERE = {MASK_CAPTION: ("mask_figure", ("t1w", "mask")),
+               CONTRIB_CAPTION: ("contributions_figure", ("mni", "contrib"))}
+
+
+def _figures_ahead(image: dict, threads: int) -> dict:
+    """The image's :data:`DRAWN_THERE` figures begun in the helper (``threads`` > 1):
+    caption -> a function giving the figure (empty: all drawn here, in turn)."""
+    if threads <= 1:
+        return {}
     from bids_brainage import helper
 
-    args = (str(image["t1w"]), str(image["mask"]))
-    return helper.run_there(threads, lambda: mask_figure(*args), __name__, "mask_figure", *args)
+    ahead = {}
+    for caption, (function, keys) in DRAWN_THERE.items():
+        if all(_available(image, key) for key in keys):
+            args = tuple(str(image[key]) for key in keys)
+            here = functools.partial(globals()[function], *args)
+            ahead[caption] = helper.run_there(threads, here, __name__, function, *args)
+    return ahead
 
 
-def _prepare(participant_id: str, image: dict, number: int, mask_ahead=None) -> dict:
+def _prepare(participant_id: str, image: dict, number: int, ahead=None) -> dict:
     label = image.get("label") or ""
     title = f"{participant_id}_{label}" if label else participant_id
     status = image.get("status") or "ok"
@@ -233,13 +256,13 @@ def _prepare(participant_id: str, image: dict, number: int, mask_ahead=None) -> 
                 problems.append((len(todo), f"{name}: not shown, {', '.join(missing)} not "
                                             f"available"))
             continue
-        if name == MASK_CAPTION and mask_ahead is not None:
-            todo.append((name, mask_ahead))
+        if name in (ahead or {}):
+            todo.append((name, ahead[name]))
         else:
             todo.append((name, lambda make=make, name=name: _embed(make(), name)))
     drawn = {}
-    # the figures drawn here first, then the one the helper drew meanwhile
-    for index in sorted(range(len(todo)), key=lambda i: todo[i][1] is mask_ahead):
+    # the figures drawn here first, then those the helper drew meanwhile
+    for index in sorted(range(len(todo)), key=lambda i: todo[i][0] in (ahead or {})):
         name, draw = todo[index]
         try:
             drawn[index] = draw()
@@ -300,8 +323,7 @@ def _figure_specs(image: dict):
         ("Registration to MNI space", mni, ("mni", "template_mask")),
         ("Normalised intensity histogram with tissue peaks", histogram, ("histogram",)),
         ("Predicted age of each model with its interval", predictions, ("predictions",)),
-        ("Why this age: contributions of each place of the brain", contributions,
-         ("mni", "contrib")),
+        (CONTRIB_CAPTION, contributions, ("mni", "contrib")),
     )
 
 

@@ -27,7 +27,8 @@ class _ReportInputSpec(BaseInterfaceInputSpec):
     tables = traits.List(File(exists=True), desc="the images' _brainage.tsv: the report "
                                                  "waits for them")
     threads = traits.Int(1, usedefault=True, nohash=True,
-                         desc="> 1: the run's helper draws the mask figures meanwhile")
+                         desc="> 1: the run's helper draws the mask figures and contribution "
+                              "maps meanwhile")
 
 
 class _ReportOutputSpec(TraitedSpec):

@@ -86,7 +86,8 @@ def report_participant(output_dir: Path, work_dir: Path, subject: str, images,
                        threads: int = 1) -> Path:
     """Draw ``sub-<subject>.html`` from its images' derivatives (``images``: objects with
     ``prefix`` and ``anat_dir``), unless it is already the report of these derivatives.
-    ``threads`` > 1: the run's helper process draws the mask figures meanwhile."""
+    ``threads`` > 1: the run's helper process draws the mask figures and contribution maps
+    meanwhile."""
     from bids_brainage.preproc.template import save_template_mask
 
     output_dir, work_dir = Path(output_dir), Path(work_dir)

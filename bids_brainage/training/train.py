@@ -350,8 +350,6 @@ def load_subjects(args, derivatives: Path, excluded=()):
 
 
 def run(args) -> int:
-    from bids_brainage.training.dataset import build_inputs
-
     model_dir = args.model_dir.resolve()
     model_dir.mkdir(parents=True, exist_ok=True)
     work_dir = (args.work_dir or model_dir / "work").resolve()

@@ -170,10 +170,10 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
         0, usedefault=True, nohash=True,
         desc="> 1: the helper process with this many threads loads the tissue warp now, on "
              "the core this single-threaded registration leaves idle (bids_brainage.helper)")
-    begin_tissue_threads = traits.Int(
-        0, usedefault=True, nohash=True,
-        desc="> 1: begin the tissue model's features as soon as the MNI brain exists (the "
-             "warp in the helper with these threads), for the prediction step of this "
+    begin_tissue = traits.Bool(
+        False, usedefault=True, nohash=True,
+        desc="with tissue_warp_threads > 1: begin the tissue model's features as soon as the "
+             "MNI brain exists (the warp in the helper), for the prediction step of this "
              "process to finish (features.tissue.begin_tissue_features)")
     report_threads = traits.Int(
         0, usedefault=True, nohash=True,
@@ -217,11 +217,11 @@ class Register(TimedInterface):
         mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0
         reg = register_to_template(brain, mask, method=self.inputs.method, out_dir=cwd,
                                    threads=self.inputs.threads)
-        if self.inputs.begin_tissue_threads > 1:  # what the models read: the affine image
+        if self.inputs.begin_tissue:  # what the models read: the affine image
             from bids_brainage.features.tissue import begin_tissue_features
 
             begin_tissue_features(reg["mni_affine"].get_fdata(dtype=np.float32),
-                                  reg["mni_affine_mask"], self.inputs.begin_tissue_threads)
+                                  reg["mni_affine_mask"], self.inputs.tissue_warp_threads)
         self._results["mni"] = _save(reg["mni"].get_fdata(dtype=np.float32), reg["mni"],
                                      cwd / "mni.nii.gz")
         self._results["mni_mask"] = _save(reg["mni_mask"], reg["mni"], cwd / "mni_mask.nii.gz",

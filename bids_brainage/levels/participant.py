@@ -73,12 +73,13 @@ def cached_hash_infile(afile, chunk_len=8192, crypto=None, raise_notfound=False)
     in 1.46 s, 0.89 s of it the 32 MB input, read 8 KiB at a time while the warm-up thread
     held the GIL between chunks."""
     import hashlib
+    import stat
 
     try:
         st = os.stat(afile)
     except OSError:
         st = None
-    if st is None or not os.path.isfile(afile):
+    if st is None or not stat.S_ISREG(st.st_mode):
         if raise_notfound:
             raise RuntimeError(f'File "{afile}" not found.')
         return None

@@ -223,8 +223,8 @@ def contributions_figure(mni: str, contrib: str) -> dict:
 
 # the figures the run's helper draws while this process draws the others (the largest:
 # the full-resolution head, then the map): caption -> (function of this module, its inputs)
-DRAWN_THERE = {MASK_CAPTION: ("mask_figure", ("t1w", "mask")),
-               CONTRIB_CAPTION: ("contributions_figure", ("mni", "contrib"))}
+DRAWN_THERE = {MASK_CAPTION: (mask_figure, ("t1w", "mask")),
+               CONTRIB_CAPTION: (contributions_figure, ("mni", "contrib"))}
 
 
 def _figures_ahead(image: dict, threads: int) -> dict:
@@ -238,8 +238,8 @@ def _figures_ahead(image: dict, threads: int) -> dict:
     for caption, (function, keys) in DRAWN_THERE.items():
         if all(_available(image, key) for key in keys):
             args = tuple(str(image[key]) for key in keys)
-            here = functools.partial(globals()[function], *args)
-            ahead[caption] = helper.run_there(threads, here, __name__, function, *args)
+            ahead[caption] = helper.run_there(threads, functools.partial(function, *args),
+                                              __name__, function.__name__, *args)
     return ahead
 
 

@@ -123,9 +123,8 @@ def init_image_wf(*, image, settings, age, predict: bool = True, name: str,
                                                                         settings.models):
             # the tissue warp's own process loads while the registration keeps one core
             preproc_wf.get_node("register").inputs.tissue_warp_threads = settings.omp_nthreads
-            if in_process:  # and the warp begins there, for this process's prediction
-                preproc_wf.get_node("register").inputs.begin_tissue_threads = \
-                    settings.omp_nthreads
+            # and the warp begins there, for this process's prediction
+            preproc_wf.get_node("register").inputs.begin_tissue = in_process
 
         predictor = pe.Node(Predict(
             model_dir=str(settings.model_dir or ""), models=list(settings.models),

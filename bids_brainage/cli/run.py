@@ -128,6 +128,12 @@ def _main(args) -> int:
 def _participant(settings) -> int:
     from bids_brainage.bids.layout import NoMatchError, find_t1w
     from bids_brainage.bids.validate import start_validation
+
+    # the validator is a process of its own, started first: while it reads the dataset, this
+    # one finds the images, checks the model files and, when it will run the steps itself,
+    # loads ahead
+    validation = (None if settings.skip_bids_validation
+                  else start_validation(settings.bids_dir, settings.work_dir))
     from bids_brainage.levels.participant import (
         run_participant,
         runs_in_this_process,
@@ -135,10 +141,6 @@ def _participant(settings) -> int:
         steps_pending,
     )
 
-    # the validator is a process of its own: while it reads the dataset, this one finds the
-    # images, checks the model files and, when it will run the steps itself, loads ahead
-    validation = (None if settings.skip_bids_validation
-                  else start_validation(settings.bids_dir, settings.work_dir))
     images, not_found = None, None
     try:
         images = find_t1w(settings.bids_dir, settings.participant_label,

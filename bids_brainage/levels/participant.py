@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 
 from bids_brainage.bids.layout import find_t1w
-from bids_brainage.bids.participants import participant_age, read_participants
-from bids_brainage.bids.derivatives import output_names, write_dataset_description, write_failure
 from bids_brainage.io import InputError, check_input_file, remove_stale_temporaries, work_dir_lock
 from bids_brainage.timeline import mark
 
@@ -270,6 +268,15 @@ def run_participant(settings, *, predict: bool = True, images=None, warm=None) -
 
 
 def _run_participant(settings, *, predict: bool, images, warm) -> int:
+    # pandas and nibabel (0.4 s) are imported here, not with this module: the command line
+    # imports it to decide what to load ahead, and that should start at once
+    from bids_brainage.bids.derivatives import (
+        output_names,
+        write_dataset_description,
+        write_failure,
+    )
+    from bids_brainage.bids.participants import participant_age, read_participants
+
     participants = read_participants(settings.bids_dir)
     if images is None:
         images = find_t1w(settings.bids_dir, settings.participant_label, settings.session_label)

@@ -184,6 +184,23 @@ def test_deepbet_loads_once_when_two_threads_ask():
     assert skullstrip._load_deepbet.cache_info().misses == 1
 
 
+def test_our_deepbet_run_model_gives_deepbets_probabilities_to_the_bit(ixi_pool):
+    """skullstrip.run_model is deepbet's run_model with its quantiles found by selection:
+    the same probabilities, on a 2 mm head and on it upsampled to 1 mm (another shape)."""
+    from bids_brainage.preproc.skullstrip import _deepbet, prepare_deepbet, run_model
+
+    img = conform(load_t1w(ixi_pool / _pool_subject(ixi_pool, 3) / "anat"
+                           / f"{_pool_subject(ixi_pool, 3)}_T1w.nii.gz"))
+    prepare_deepbet(2)
+    bet = _deepbet()
+    x = np.asarray(img.dataobj, np.float32)
+    for array in (x, ndimage.zoom(x, 1.7, order=1)):
+        theirs = bet.run_model(array.copy())
+        bbox = bet.bbox
+        assert np.array_equal(run_model(bet, array.copy()), theirs)
+        assert bet.bbox == bbox
+
+
 def test_deepbet_in_the_helper_process_gives_this_process_mask(stripped):
     """With two threads deepbet runs in the run's helper process (which loaded it early):
     the mask is the one this process makes with two threads; a helper that died is

@@ -237,3 +237,20 @@ def test_largest_component_on_the_bounding_box_is_the_whole_arrays():
     shell[:6, :6, :6] = True
     shell[1:5, 1:5, 1:5] = False
     assert largest_component(shell).sum() == 216 and checked > 250
+
+
+def test_quantile_by_selection_is_torchs_to_the_bit():
+    """deepbet's intensity quantiles, found by selection (preproc.skullstrip.quantile):
+    torch.quantile's values exactly, for odd and even sizes, ties, and the ends."""
+    import torch
+
+    from bids_brainage.preproc.skullstrip import quantile
+
+    rng = np.random.default_rng(7)
+    for i in range(120):
+        n = int(rng.integers(1, 3000 if i % 2 else 70000))
+        values = [rng.normal(size=n), rng.integers(0, 30, size=n),
+                  rng.gamma(2.0, 500.0, size=n)][i % 3].astype(np.float32)
+        x = torch.from_numpy(values)
+        for q in (0.0, 0.005, 0.5, 0.995, 1.0):
+            assert torch.equal(quantile(x, q).reshape(()), x.quantile(q).reshape(())), (n, q)

@@ -67,7 +67,47 @@ def mask_of(x: np.ndarray, threshold: float, threads: int) -> np.ndarray:
     """deepbet's mask of the array ``x`` (RAS+), with torch on ``threads`` threads."""
     prepare_deepbet(threads)
     bet = _deepbet()
-    return bet.postprocess(bet.run_model(x.copy()) > threshold)
+    return bet.postprocess(run_model(bet, x.copy()) > threshold)
+
+
+def quantile(x, q: float):
+    """``torch.quantile(x, q)`` (linear interpolation) to the bit, by selection instead of
+    torch's sort of every value: deepbet's two intensity quantiles of its 128³ copy took
+    0.35 s of the skull strip, now 0.03 s."""
+    import torch
+
+    flat = x.reshape(-1)
+    rank = torch.tensor(q, dtype=flat.dtype) * (flat.numel() - 1)  # as torch computes it
+    below, above = int(rank.floor().item()), int(rank.ceil().item())
+    values = np.partition(flat.numpy(), sorted({below, above}))
+    return torch.lerp(torch.tensor(values[below]), torch.tensor(values[above]), rank - below)
+
+
+def run_model(bet, x: np.ndarray) -> np.ndarray:
+    """deepbet's ``BrainExtraction.run_model`` (deepbet 1.0.2, its defaults), with
+    :func:`quantile` for ``Tensor.quantile``: the same probabilities to the bit
+    (tests/test_preproc_real.py), 0.3 s sooner."""
+    import torch
+    import torch.nn.functional as F
+    from deepbet.utils import keep_largest_connected_component, normalize
+
+    small_shape, shape, bbox_margin = (128, 128, 128), (256, 256, 256), 0.1
+    device = next(bet.model.parameters()).device
+    x = torch.nan_to_num(torch.from_numpy(x).to(device))
+    mask = torch.zeros_like(x)
+    x_small = F.interpolate(x[None, None], small_shape, mode="nearest-exact")[0, 0]
+    low, high = quantile(x_small, 0.005), quantile(x_small, 0.995)
+    with torch.no_grad():
+        mask_small = bet.bbox_model(normalize(x_small, low, high)[None, None])[0, 1]
+    mask_small = keep_largest_connected_component((mask_small > 0.5).float().cpu().numpy())
+    mask_small = torch.from_numpy(mask_small).to(device)
+    bet.bbox = bet.get_bbox_with_margin(mask_small, mask.shape, bbox_margin)
+    x = F.interpolate(x[bet.bbox][None, None], shape, mode="nearest-exact")[0, 0]
+    with torch.no_grad():
+        mask_bbox = bet.model(normalize(x, low, high)[None, None])[0, 1]
+    mask[bet.bbox] = F.interpolate(mask_bbox[None, None], mask[bet.bbox].shape,
+                                   mode="nearest-exact")[0, 0]
+    return mask.cpu().numpy()
 
 
 def prepare_deepbet(threads: int) -> None:

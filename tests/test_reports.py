@@ -181,3 +181,58 @@ def test_figures_work_with_a_read_only_home(tmp_path):
                             text=True, check=True)
     assert "bids_brainage-mpl-" in result.stdout
     assert "is not a writable directory" not in result.stderr
+
+
+def test_a_mask_figure_drawn_ahead_is_used_only_for_files_of_the_same_content(
+        image_files, participant_html, tmp_path):
+    """The registration step has the helper draw the mask figure from the work folder's
+    files; the report (given the derivatives, byte copies of them) then uses it: the same
+    report to the byte. A derivative whose content differs is drawn again."""
+    import shutil
+
+    from bids_brainage.reports import participant
+
+    work = {key: tmp_path / f"work_{key}.nii.gz" for key in ("t1w", "mask")}
+    for key, path in work.items():
+        shutil.copy(image_files[key], path)
+    participant.draw_mask_figure_ahead(str(work["t1w"]), str(work["mask"]))
+    assert len(participant._DRAWN_AHEAD) == 1
+    failed = {"label": "ses-2", "t1w": None, "mask": None, "mni": None, "template": None,
+              "template_mask": None, "histogram": None, "predictions": [], "timings": {},
+              "warnings": [], "status": "failed",
+              "message": "skull strip: <b>empty</b> mask & no brain"}
+    html = write_participant_report(tmp_path / "ahead.html", participant_id="sub-IXI095",
+                                    images=[_ok_image(image_files, label="ses-1"), failed])
+    assert html.read_text() == participant_html
+    assert not participant._DRAWN_AHEAD  # taken
+
+    participant.draw_mask_figure_ahead(str(work["t1w"]), str(work["mask"]))
+    other = nib.load(image_files["mask"])
+    shrunk = np.asanyarray(other.dataobj).copy()
+    shrunk[: shrunk.shape[0] // 2] = 0
+    nib.save(nib.Nifti1Image(shrunk, other.affine, other.header), tmp_path / "other.nii.gz")
+    expected = participant._embed(figures.mask_outline_figure(
+        image_files["t1w"], str(tmp_path / "other.nii.gz")), participant.MASK_CAPTION)
+    assert participant.mask_figure(image_files["t1w"], str(tmp_path / "other.nii.gz")) \
+        == expected
+    participant._DRAWN_AHEAD.clear()
+    # files it cannot read: nothing drawn ahead, and no error (the report says why later)
+    participant.draw_mask_figure_ahead(str(tmp_path / "gone.nii.gz"), str(work["mask"]))
+    assert not participant._DRAWN_AHEAD
+
+
+def test_the_registration_figure_reads_the_template_resampled_ahead(tmp_path):
+    """prepare_registration_figure resamples the template and its mask onto the MNI grid
+    the outputs are on; the figure of a real output then finds both in the cache."""
+    from bids_brainage.preproc.template import T1_BRAIN, template_2mm
+    from bids_brainage.reports import participant
+
+    mni = tmp_path / "mni.nii.gz"
+    nib.save(template_2mm(), mni)  # an output on the MNI grid, as Register writes it
+    figures._template_cache.cache_clear()
+    participant.prepare_registration_figure(tmp_path)
+    before = figures._template_cache.cache_info()
+    assert before.misses == 2
+    figures.mni_overlay_figure(mni, participant.template_mask_file(tmp_path), str(T1_BRAIN))
+    after = figures._template_cache.cache_info()
+    assert (after.hits - before.hits, after.misses) == (2, 2)

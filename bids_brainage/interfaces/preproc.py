@@ -178,7 +178,11 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
     report_threads = traits.Int(
         0, usedefault=True, nohash=True,
         desc="> 1: the helper with this many threads loads the report's plotting now "
-             "(matplotlib, its fonts: ~1 s), for the mask figure it draws beside the report")
+             "(matplotlib, its fonts: ~1 s) and, given report_head, draws the mask figure")
+    report_head = File(
+        nohash=True,
+        desc="the N4 head (.nii), whose compressed copy (.nii.gz, made by the helper) "
+             "becomes the derivative: the helper draws its mask figure during registration")
 
 
 class _RegisterOutputSpec(TraitedSpec):
@@ -208,10 +212,16 @@ class Register(TimedInterface):
             load_ahead(self.inputs.tissue_warp_threads, "bids_brainage.features.tissue",
                        "prepare_warp")
         if self.inputs.report_threads > 1:
+            from nipype.interfaces.base import isdefined
+
             from bids_brainage.helper import load_ahead
 
             load_ahead(self.inputs.report_threads, "bids_brainage.reports.participant",
                        "prepare_figures")
+            if isdefined(self.inputs.report_head):  # compressed by the helper before this
+                load_ahead(self.inputs.report_threads, "bids_brainage.reports.participant",
+                           "draw_mask_figure_ahead", f"{self.inputs.report_head}.gz",
+                           str(self.inputs.in_mask))
 
         brain = _load(self.inputs.in_brain)
         mask = np.asanyarray(_load(self.inputs.in_mask).dataobj) > 0

@@ -93,9 +93,13 @@ class WarmUp(threading.Thread):
         yield models
         if self.settings.reports:  # the report's first figure loads fonts, writers: ~0.5 s
             def figures():
-                from bids_brainage.reports.participant import prepare_figures
+                from bids_brainage.reports.participant import (
+                    prepare_figures,
+                    prepare_registration_figure,
+                )
 
                 prepare_figures()
+                prepare_registration_figure(self.settings.work_dir)
             yield figures
 
     def run(self) -> None:

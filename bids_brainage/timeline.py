@@ -7,7 +7,9 @@ workers) append one JSON line per marker to ``<file>``: ``{"t": <time.time()>, "
 description written), ``workflow_start`` / ``workflow_end``, ``node_start`` / ``node_end``
 (the main process hands a step to nipype / sees its result), ``run_start`` / ``run_end`` (the
 step's own work, in the process that does it), ``worker_start`` / ``worker_ready`` (a worker
-process's set-up), ``reports_end`` and ``exit``. ``benchmarks/participant.py`` reads them.
+process's set-up), ``warm_up_start`` / ``warm_up_end`` (each item loaded ahead,
+:mod:`bids_brainage.levels.warmup`), ``helper_start`` / ``helper_end`` (each request the
+run's helper process answers, :mod:`bids_brainage.helper`), ``reports_end`` and ``exit``. ``benchmarks/participant.py`` reads them.
 
 Unset (always, outside the benchmarks) the hook costs one dictionary lookup.
 """

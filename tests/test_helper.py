@@ -69,3 +69,29 @@ def test_a_helper_that_dies_fails_what_was_asked_and_is_replaced(tmp_path):
                                      f"{src}.gz") == f"{src}.gz"
     finally:
         helper.stop_helpers()
+
+
+def test_loading_ahead_holds_off_while_a_step_waits_for_the_helpers_cores():
+    """hold_off() returns at once unless a step is waiting_for_cores (deepbet's network in
+    the helper); then it returns when the last such step is done."""
+    import threading
+    import time
+
+    from bids_brainage.helper import hold_off, waiting_for_cores
+
+    hold_off()  # nobody waits: at once
+    returned = threading.Event()
+    waiter = threading.Thread(target=lambda: (hold_off(), returned.set()))
+    with waiting_for_cores():
+        with waiting_for_cores():
+            waiter.start()
+            time.sleep(0.2)
+            assert not returned.is_set()
+        time.sleep(0.2)
+        assert not returned.is_set()  # one step still waits
+    assert returned.wait(5)
+    waiter.join()
+    with pytest.raises(ValueError):
+        with waiting_for_cores():
+            raise ValueError("a failed step")
+    hold_off()  # released by the failure too

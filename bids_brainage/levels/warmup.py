@@ -5,9 +5,10 @@ be, while the process waits for something else.
   step; with several threads the run's helper process does that, :mod:`bids_brainage.helper`),
   then nipype and the workflow's interfaces, the libraries of the later steps (SimpleITK,
   antspyx, scikit-learn), fills the template caches, loads the selected models' weights and
-  imports the report's plotting. It runs while the main thread
-  waits for the BIDS validator (a process of its own) and while deepbet's network runs
-  (torch releases the GIL); a process that runs the steps itself (one image) then finds
+  imports the report's plotting. It runs while the main thread waits for the BIDS validator
+  (a process of its own) and during the first steps, but not while deepbet's network runs in
+  the helper on every core (:func:`bids_brainage.helper.hold_off`: a third busy thread made
+  that wait 0.5 s longer); a process that runs the steps itself (one image) then finds
   them loaded.
 - :func:`keep_models_loaded`: a process that predicts many images (a nipype worker, a web
   worker) loads each model once; the weight file is still checked against its card's sha256
@@ -18,8 +19,11 @@ Nothing here changes a number: the same functions run on the same data, only ear
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
+
+from bids_brainage.timeline import mark
 
 LOG = logging.getLogger("bids_brainage.participant")
 # what the steps import, in the order they need it (torch only when deepbet may run)
@@ -46,8 +50,6 @@ class WarmUp(threading.Thread):
         self._stopping = threading.Event()
 
     def _items(self):
-        import importlib
-
         threads = max(1, self.settings.omp_nthreads)
         if needs_deepbet(self.settings):
             def deepbet():
@@ -64,7 +66,7 @@ class WarmUp(threading.Thread):
         # nipype and the interfaces (the workflow is built from them once the validator
         # has answered: the main thread waits for it meanwhile), then the steps' libraries
         for name in ("bids_brainage.workflows.participant", *STEP_MODULES):
-            yield lambda name=name: importlib.import_module(name)
+            yield _importing(name)
 
         def caches():
             from bids_brainage.features import tissue
@@ -103,17 +105,30 @@ class WarmUp(threading.Thread):
             yield figures
 
     def run(self) -> None:
+        from bids_brainage.helper import hold_off
+
         try:
             for item in self._items():
+                hold_off()  # not while deepbet's network runs on the cores, in the helper
                 if self._stopping.is_set():
                     break
+                mark("warm_up_start", item=item.__name__)
                 item()
+                mark("warm_up_end", item=item.__name__)
         except Exception as exc:  # noqa: BLE001 - the step itself will meet it and say so
             LOG.debug("warm-up stopped: %s: %s", type(exc).__name__, exc)
 
     def stop(self) -> None:
         self._stopping.set()
         self.join()
+
+
+def _importing(module: str):
+    def load():
+        importlib.import_module(module)
+
+    load.__name__ = f"import {module}"
+    return load
 
 
 def start_warm_up(settings) -> WarmUp:

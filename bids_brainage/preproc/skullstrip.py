@@ -59,8 +59,9 @@ def deepbet_mask(img: nib.Nifti1Image, threshold: float = 0.5, threads: int = 1)
         return mask_of(x, threshold, threads)
     from bids_brainage import helper
 
-    return helper.run_there(threads, lambda: mask_of(x, threshold, threads), __name__,
-                            "mask_of", x, threshold, threads)()
+    with helper.waiting_for_cores():
+        return helper.run_there(threads, lambda: mask_of(x, threshold, threads), __name__,
+                                "mask_of", x, threshold, threads)()
 
 
 def mask_of(x: np.ndarray, threshold: float, threads: int) -> np.ndarray:

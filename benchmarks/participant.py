@@ -21,6 +21,9 @@ Each run gets fresh output and work folders; then the same command runs again on
 - each stage's seconds from the ``_brainage.json`` sidecar;
 - the time outside the stages, broken down with the wall-clock markers the app writes when
   ``BIDS_BRAINAGE_TIMELINE`` is set (:mod:`bids_brainage.timeline`);
+- what ran beside the steps: each request the helper process answered (deepbet's load and
+  network, the tissue warp, figures) and each item the warm-up thread loaded, with its start
+  and duration, to see which of them the steps waited for;
 - the load average before and after each run: the machine may be shared.
 
 ``--app PATH`` runs another installation's ``bids_brainage`` (e.g. an older commit's, in a
@@ -299,6 +302,23 @@ def _workflow_parts(ev, stages: dict, workflow: float) -> dict[str, float]:
     }
 
 
+def beside(run: dict) -> dict[str, tuple[float, float]]:
+    """What ran beside the steps: each request the helper process answered and each item the
+    warm-up thread loaded -> (start, seconds), from the launch (the first of a name)."""
+    out = {}
+    for kind, label in (("helper", "helper: {}"), ("warm_up", "warm-up: {}")):
+        open_at = {}
+        for e in sorted(run["events"], key=lambda e: e["t"]):
+            name = e.get("function") or e.get("item")
+            if e["event"] == f"{kind}_start":
+                open_at.setdefault(name, e["t"])
+            elif e["event"] == f"{kind}_end" and name in open_at:
+                key = label.format(name)
+                if key not in out:
+                    out[key] = (open_at[name] - run["launch"], e["t"] - open_at[name])
+    return out
+
+
 # ------------------------------------------------------------------------------ report
 def med(values):
     values = [v for v in values if v is not None]
@@ -328,6 +348,13 @@ def print_table(name: str, shape, runs: list[dict]) -> None:
         if key == "workflow: stages (sidecar)":
             continue
         print(f"    {key:<36} {med(r['breakdown'].get(key) for r in fresh):6.2f} s")
+    side = [beside(r) for r in fresh]
+    names = list(dict.fromkeys(k for b in side for k in b))
+    if names:
+        print("  beside the steps (start from launch, seconds)")
+    for key in names:
+        print(f"    {key:<44} {med(b[key][0] for b in side if key in b):6.2f} +"
+              f" {med(b[key][1] for b in side if key in b):5.2f} s")
     walls = ", ".join(f"{r['wall']:.1f}" for r in rerun)
     print(f"  rerun, same folders          {med(r['wall'] for r in rerun):7.1f} s  (runs {walls};"
           f" peak {med(r['peak_rss_gb'] for r in rerun):.2f} GB RSS)")

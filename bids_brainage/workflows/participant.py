@@ -97,8 +97,9 @@ def init_image_wf(*, image, settings, age, predict: bool = True, name: str,
     if settings.reports and settings.omp_nthreads > 1:
         # the helper imports the report's plotting now, for the mask figure it will draw
         preproc_wf.get_node("register").inputs.report_threads = settings.omp_nthreads
-        preproc_wf.connect(preproc_wf.get_node("n4"), "out_file",
-                           preproc_wf.get_node("register"), "report_head")
+        if in_process:  # and draws it then, for the report this process's helper draws
+            preproc_wf.connect(preproc_wf.get_node("n4"), "out_file",
+                               preproc_wf.get_node("register"), "report_head")
     sink = pe.Node(DerivativesSink(
         output_dir=str(settings.output_dir), prefix=image.prefix, anat_dir=str(image.anat_dir),
         participant_id=f"sub-{image.subject}",

@@ -236,3 +236,26 @@ def test_the_registration_figure_reads_the_template_resampled_ahead(tmp_path):
     figures.mni_overlay_figure(mni, participant.template_mask_file(tmp_path), str(T1_BRAIN))
     after = figures._template_cache.cache_info()
     assert (after.hits - before.hits, after.misses) == (2, 2)
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_the_mask_figure_is_drawn_ahead_only_for_a_report_this_process_draws(in_process,
+                                                                             tmp_path):
+    """With several threads the registration step gives the helper the N4 head, for the mask
+    figure; not when the steps run in worker processes (whose helpers no report asks)."""
+    from bids_brainage.bids.layout import T1wImage
+    from bids_brainage.config import Settings
+    from bids_brainage.workflows.participant import init_image_wf
+
+    bids = tmp_path / "bids"
+    image = T1wImage(path=bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz", subject="01")
+    settings = Settings(bids_dir=bids, output_dir=tmp_path / "out", analysis_level="participant",
+                        work_dir=tmp_path / "work", omp_nthreads=2)
+    workflow = init_image_wf(image=image, settings=settings, age=30.0, predict=False,
+                             name="sub01_wf", in_process=in_process)
+    preproc = workflow.get_node("preproc_wf")
+    register = preproc.get_node("register")
+    fed = {field for _, node, data in preproc._graph.in_edges(data=True) if node is register
+           for _, field in data["connect"]}
+    assert register.inputs.report_threads == 2
+    assert ("report_head" in fed) is in_process

@@ -94,6 +94,28 @@ def test_nipype_hashes_each_file_content_once(tmp_path):
     assert participant.cached_hash_infile(str(tmp_path / "absent")) is None
 
 
+def test_remembered_hashes_are_bounded(tmp_path, monkeypatch):
+    """A process that lives for many runs (a web worker) remembers at most _HASHES_MAX file
+    hashes, the oldest forgotten first; a forgotten file is hashed again, the same."""
+    import hashlib
+
+    from bids_brainage.levels import participant
+
+    monkeypatch.setattr(participant, "_HASHES", {})
+    monkeypatch.setattr(participant, "_HASHES_MAX", 3)
+    paths = []
+    for number in range(5):
+        paths.append(tmp_path / f"{number}.nii")
+        paths[-1].write_bytes(bytes([number]) * 100)
+        assert participant.cached_hash_infile(str(paths[-1])) == \
+            hashlib.md5(paths[-1].read_bytes()).hexdigest()
+        assert len(participant._HASHES) <= 3
+    remembered = {key[0] for key in participant._HASHES}
+    assert remembered == {str(p) for p in paths[2:]}
+    assert participant.cached_hash_infile(str(paths[0])) == \
+        hashlib.md5(paths[0].read_bytes()).hexdigest()
+
+
 def test_a_compressed_image_is_read_as_nibabel_reads_it(tmp_path):
     """load_t1w unpacks a .nii.gz in one piece: the same array as nibabel's (scaled
     integers; a header whose vox_offset is 0; a file of two gzip members), and a truncated

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -60,8 +61,12 @@ def apply_nipype_settings(values: dict) -> None:
 
 
 # a file's content hash, by (path, inode, size, mtime): nipype hashes every input file of a
-# step twice (the cache check, then the run), 8 KiB at a time
+# step twice (the cache check, then the run), 8 KiB at a time. At most _HASHES_MAX entries
+# (~100 bytes each, about 15 per image), the oldest forgotten first: a web worker that lives
+# for thousands of jobs stays within a megabyte
 _HASHES: dict[tuple, str] = {}
+_HASHES_MAX = 10_000
+_HASHES_LOCK = threading.Lock()
 
 
 def cached_hash_infile(afile, chunk_len=8192, crypto=None, raise_notfound=False):
@@ -83,13 +88,19 @@ def cached_hash_infile(afile, chunk_len=8192, crypto=None, raise_notfound=False)
         return None
     crypto = crypto or hashlib.md5
     key = (os.path.abspath(afile), st.st_ino, st.st_size, st.st_mtime_ns, crypto)
-    if key not in _HASHES:
-        digest = crypto()
-        with open(afile, "rb") as fp:
-            while chunk := fp.read(4 << 20):
-                digest.update(chunk)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+    known = _HASHES.get(key)
+    if known is not None:
+        return known
+    digest = crypto()
+    with open(afile, "rb") as fp:
+        while chunk := fp.read(4 << 20):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    with _HASHES_LOCK:
+        while len(_HASHES) >= _HASHES_MAX:
+            _HASHES.pop(next(iter(_HASHES)))
+        _HASHES[key] = value
+    return value
 
 
 def _hash_each_file_once() -> None:

@@ -9,7 +9,8 @@ description written), ``workflow_start`` / ``workflow_end``, ``node_start`` / ``
 step's own work, in the process that does it), ``worker_start`` / ``worker_ready`` (a worker
 process's set-up), ``warm_up_start`` / ``warm_up_end`` (each item loaded ahead,
 :mod:`bids_brainage.levels.warmup`), ``helper_start`` / ``helper_end`` (each request the
-run's helper process answers, :mod:`bids_brainage.helper`), ``reports_end`` and ``exit``. ``benchmarks/participant.py`` reads them.
+run's helper process answers, :mod:`bids_brainage.helper`), ``reports_end`` and ``exit``.
+``benchmarks/participant.py`` reads them.
 
 Unset (always, outside the benchmarks) the hook costs one dictionary lookup.
 """

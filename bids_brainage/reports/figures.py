@@ -218,6 +218,13 @@ def mni_overlay_figure(mni, template_mask, template=None) -> Figure:
                         window=intensity_window(data, brain), title=title)
 
 
+def prepare_mni_overlay(template_mask, template, shape, affine) -> None:
+    """Resample the template's mask and image onto an MNI grid now, into the cache
+    :func:`mni_overlay_figure` reads: a process that will draw reports does it ahead."""
+    _template_on_grid(template_mask, shape, affine, order=0)
+    _template_on_grid(template, shape, affine, order=1)
+
+
 def _template_on_grid(path, shape, affine, order: int) -> np.ndarray:
     """:func:`resample_to` for the template's files, kept per process: every participant's
     MNI image shares one grid, so a worker drawing many reports resamples them once."""

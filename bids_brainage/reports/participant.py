@@ -115,7 +115,7 @@ def template_mask_file(work_dir: Path) -> Path:
 
 def prepare_registration_figure(work_dir: Path) -> None:
     """Resample the template and its mask onto the 2 mm MNI grid now, into the cache the
-    registration figure reads (:func:`figures._template_on_grid`): 0.26 s the report then
+    registration figure reads (:func:`figures.prepare_mni_overlay`): 0.26 s the report then
     does not wait for. A process that will draw a report does it while it waits."""
     import nibabel as nib
 
@@ -123,8 +123,7 @@ def prepare_registration_figure(work_dir: Path) -> None:
     from bids_brainage.reports import figures
 
     grid = nib.as_closest_canonical(template_2mm())
-    figures._template_on_grid(template_mask_file(work_dir), grid.shape, grid.affine, 0)  # noqa: SLF001
-    figures._template_on_grid(T1_BRAIN, grid.shape, grid.affine, 1)  # noqa: SLF001
+    figures.prepare_mni_overlay(template_mask_file(work_dir), T1_BRAIN, grid.shape, grid.affine)
 
 
 def _file_digest(path) -> str:
@@ -232,9 +231,10 @@ def mask_figure(t1w: str, mask: str) -> dict:
     :func:`draw_mask_figure_ahead` drew from files of the same content."""
     from bids_brainage.reports import figures
 
-    drawn = _DRAWN_AHEAD.pop((_file_digest(t1w), _file_digest(mask)), None)
-    if drawn is not None:
-        return drawn
+    if _DRAWN_AHEAD:  # only then are the files worth hashing (two sha256s of the head)
+        drawn = _DRAWN_AHEAD.pop((_file_digest(t1w), _file_digest(mask)), None)
+        if drawn is not None:
+            return drawn
     return _embed(figures.mask_outline_figure(t1w, mask), MASK_CAPTION)
 
 

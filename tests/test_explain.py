@@ -34,6 +34,23 @@ def test_region_sums_add_up_to_the_map():
     assert abs(rows[0]["years"]) >= abs(rows[-1]["years"])
 
 
+def test_tissue_map_sums_every_map_of_a_voxel():
+    """Contributions of two maps or of four (modulated and unmodulated GM and WM) give one
+    map whose total is theirs; a length that is not whole maps is refused."""
+    from bids_brainage.features import tissue
+
+    n = int(tissue.feature_mask().sum())
+    rng = np.random.default_rng(1)
+    two = rng.normal(0, 1e-3, 2 * n)
+    four = np.concatenate([two, rng.normal(0, 1e-3, 2 * n)])
+    assert explain.tissue_map(two).sum() == pytest.approx(two.sum(), abs=1e-4)
+    assert explain.tissue_map(four).sum() == pytest.approx(four.sum(), abs=1e-4)
+    first = explain.tissue_map(np.concatenate([two, np.zeros(2 * n)]))
+    assert np.array_equal(first, explain.tissue_map(two))
+    with pytest.raises(ValueError, match="not whole maps"):
+        explain.tissue_map(four[:-1])
+
+
 def expand_around(volume: np.ndarray, centre, amount: float = 0.35, sigma: float = 8.0):
     """A smooth deformation that enlarges what lies around ``centre`` (voxels): each voxel
     samples the image closer to the centre, by ``amount`` of its offset times a Gaussian of

@@ -97,6 +97,39 @@ def test_a_shrunken_brain_has_negative_log_jacobians():
     assert maps["logjac"][feature_mask].mean() < -0.05
 
 
+def test_unmodulated_maps_are_the_modulated_before_the_jacobian():
+    """The warp gives the warped fractions (tissue concentration) and those times the
+    Jacobian (tissue volume); a spec's ``maps`` picks them, in its order, each smoothed and
+    read inside the template brain as the modulated ones; without ``maps`` only GM and WM."""
+    from scipy import ndimage
+
+    data, mask = _template_brain()
+    centre = np.array(data.shape) / 2
+    matrix = np.eye(3) * 1.05  # a brain 5 % smaller than the template's: Jacobian not 1
+    offset = centre - matrix @ centre
+    moved = ndimage.affine_transform(data, matrix, offset, order=1)
+    moved_mask = ndimage.affine_transform(mask.astype(np.float32), matrix, offset, order=0) > 0.5
+    post, _ = tissue.segment(moved, moved_mask)
+    maps = tissue.warp_tissue(post)
+    jac = np.exp(maps["logjac"])
+    for k in ("gm", "wm"):
+        assert np.array_equal(maps[k], maps[f"{k}_unmodulated"] * jac)
+    _, inside = tissue._fixed()
+    assert maps["logjac"][inside].mean() < -0.02
+
+    default = tissue.tissue_features(moved, moved_mask)
+    every = tissue.tissue_features(moved, moved_mask, maps=tissue.MAPS)
+    n = int(tissue.feature_mask().sum())
+    assert default.size == 2 * n and every.size == 4 * n
+    assert np.array_equal(every[: 2 * n], default)
+    # concentration: larger than volume where the brain had to be enlarged onto the template
+    assert every[2 * n:3 * n].mean() > every[:n].mean()
+    wm_only = tissue.tissue_features(moved, moved_mask, maps=("wm_unmodulated",))
+    assert np.array_equal(wm_only, every[3 * n:])
+    with pytest.raises(ValueError, match="maps must be some of"):
+        tissue.feature_maps({"feature": "tissue", "maps": ["csf"]})
+
+
 def test_warp_with_threads_in_its_own_process_gives_the_same_numbers():
     """The warp's update is voxelwise: with two ITK threads, in the helper process, its maps
     are the same to the bit as in this process; a helper that dies is replaced by this

@@ -21,7 +21,11 @@ at each place of the brain much less. So:
    the warp runs in the run's helper process (:mod:`bids_brainage.helper`).
 3. **Modulate**: the warped GM and WM fractions times the Jacobian determinant of the warp
    (tissue volume per template voxel, as VBM's "modulated" maps), smoothed by
-   :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`.
+   :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`. The
+   warped fractions themselves (tissue concentration, VBM's "unmodulated" maps) are read the
+   same way when a card's input asks for them (``"maps"``, :data:`MAPS`): the bundled
+   ``tissue`` reads all four (nested CV of the member alone 5.61 against 5.78 for the
+   modulated pair, exploration 5 x 5; docs/models.md).
 
 Measured (repeated nested CV on the 138-image pool and the 14 ds000011 heads, ridge; see
 docs/models.md): posterior maps instead of fractions were better on the pool (MAE 5.24 vs
@@ -237,18 +241,40 @@ def _warp(gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
                                         transformlist=[warp], interpolator="linear").numpy()
                   for m in (gm, wm)]
     jac = np.exp(logjac)
-    return {"gm": warped[0] * jac, "wm": warped[1] * jac, "logjac": logjac.astype(np.float32),
-            "fixed": fixed_data}
+    return {"gm": warped[0] * jac, "wm": warped[1] * jac,
+            "gm_unmodulated": warped[0], "wm_unmodulated": warped[1],
+            "logjac": logjac.astype(np.float32), "fixed": fixed_data}
 
 
+# the maps a card's input may read (``{"feature": "tissue", "maps": [...]}``): modulated GM
+# and WM (tissue volume per template voxel; a card without "maps" reads these two) and the
+# unmodulated ones (the warped fractions: tissue concentration)
 FEATURE_MAPS = ("gm", "wm")
+MAPS = ("gm", "wm", "gm_unmodulated", "wm_unmodulated")
 
 
-def tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1) -> np.ndarray:
-    """The ``tissue`` model's input: modulated GM and WM fractions, smoothed by
-    :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`
-    (``threads``: the warp's, which do not change it)."""
-    return start_tissue_features(mni, mask, threads)()
+def feature_maps(spec: dict) -> tuple[str, ...]:
+    """The maps a ``tissue`` input spec reads, checked.
+
+    >>> feature_maps({"feature": "tissue"})
+    ('gm', 'wm')
+    >>> feature_maps({"feature": "tissue", "maps": ["gm", "wm", "gm_unmodulated"]})
+    ('gm', 'wm', 'gm_unmodulated')
+    """
+    maps = tuple(spec.get("maps", FEATURE_MAPS))
+    unknown = [m for m in maps if m not in MAPS]
+    if unknown or not maps:
+        raise ValueError(f"tissue input maps must be some of {MAPS}, not {list(maps)}")
+    return maps
+
+
+def tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1,
+                    maps: tuple[str, ...] = FEATURE_MAPS) -> np.ndarray:
+    """The ``tissue`` model's input: the warped GM and WM ``maps`` (modulated by default),
+    each smoothed by :data:`SMOOTH_FWHM_MM` and read inside the template brain at
+    :data:`FEATURE_MM`, one after the other (``threads``: the warp's, which do not change
+    it)."""
+    return start_tissue_features(mni, mask, threads, maps)()
 
 
 # tissue features begun ahead (:func:`begin_tissue_features`), by the content of their input
@@ -278,29 +304,29 @@ def begin_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int) -> No
     _BEGUN[key] = _start_tissue_features(mni, mask, threads)
 
 
-def start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1):
+def start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1,
+                          maps: tuple[str, ...] = FEATURE_MAPS):
     """:func:`tissue_features` begun (segmented, the warp handed to its helper with
     ``threads`` > 1), or taken over when :func:`begin_tissue_features` began it for this
     brain; the function returned finishes it."""
-    if _BEGUN:
-        begun = _BEGUN.pop(_content_key(mni, mask), None)
-        if begun is not None:
-            return begun
-    return _start_tissue_features(mni, mask, threads)
+    begun = _BEGUN.pop(_content_key(mni, mask), None) if _BEGUN else None
+    if begun is None:
+        begun = _start_tissue_features(mni, mask, threads)
+    return functools.partial(begun, tuple(maps))
 
 
 def _start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int):
     post, _ = segment(mni, mask)
     warped = start_warp(post, threads=threads)
 
-    def finish() -> np.ndarray:
+    def finish(names: tuple[str, ...] = FEATURE_MAPS) -> np.ndarray:
         from scipy import ndimage
 
         maps = warped()
         inside = feature_mask()
         sigma = SMOOTH_FWHM_MM / (2 * np.sqrt(2 * np.log(2))) / WARP_MM
         parts = []
-        for key in FEATURE_MAPS:
+        for key in names:
             smooth = ndimage.gaussian_filter(maps[key], sigma)
             parts.append(block_mean(smooth, FEATURE_MM // WARP_MM)[inside])
         return np.concatenate(parts).astype(np.float64)

@@ -58,15 +58,20 @@ def linear_contributions(model, x: np.ndarray) -> tuple[np.ndarray, float] | Non
 
 
 def tissue_map(contributions: np.ndarray) -> np.ndarray:
-    """Tissue-feature contributions (GM then WM, inside the feature mask) as one map on the
-    2 mm MNI grid: GM + WM per 4 mm voxel, spread evenly over its 8 voxels of 2 mm."""
+    """Tissue-feature contributions (its maps one after the other, each inside the feature
+    mask: GM, WM, and their unmodulated maps when the card reads them) as one map on the
+    2 mm MNI grid: every map's part per 4 mm voxel, summed, spread evenly over its 8 voxels
+    of 2 mm."""
     from bids_brainage.features import tissue
     from bids_brainage.preproc.template import template_2mm
 
     feature_mask = tissue.feature_mask()
     n = int(feature_mask.sum())
+    if contributions.size % n:
+        raise ValueError(f"{contributions.size} tissue contributions are not whole maps "
+                         f"of {n} voxels")
     coarse = np.zeros(feature_mask.shape, np.float32)
-    for k in range(len(tissue.FEATURE_MAPS)):
+    for k in range(contributions.size // n):
         coarse[feature_mask] += contributions[k * n:(k + 1) * n]
     fine = np.repeat(np.repeat(np.repeat(coarse, 2, 0), 2, 1), 2, 2) / 8.0
     shape = template_2mm().shape

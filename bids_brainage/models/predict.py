@@ -22,8 +22,8 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict, threads: int = 1
     ``"loggmm"`` / ``"logquantile"``: log intensities with CSF at 0 and WM at 1, or the 10th
     and 90th percentiles at 0 and 1; both the same for any ``c * x**g``);
     ``{"feature": "morphometry", ...}`` log-Jacobians and ranks (:mod:`bids_brainage.features.morphometry`);
-    ``{"feature": "tissue"}`` modulated GM and WM maps and log-Jacobians
-    (:mod:`bids_brainage.features.tissue`). ``threads`` speed up the tissue warp and change
+    ``{"feature": "tissue"}`` modulated GM and WM maps, with ``"maps"`` also the
+    unmodulated ones (:mod:`bids_brainage.features.tissue`). ``threads`` speed up the tissue warp and change
     no number.
     """
     from bids_brainage.features.histogram import intensity_histogram
@@ -39,11 +39,11 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict, threads: int = 1
 
         return np.array(list(mask_measures(mask).values()))
     if feature == "tissue":
-        from bids_brainage.features.tissue import tissue_features
+        from bids_brainage.features.tissue import feature_maps, tissue_features
 
         # the whole brain mask: GM/WM maps need no eroded region, a tight or loose strip
         # changes only the CSF around the edge, which is neither
-        return tissue_features(mni, mask, threads=threads)
+        return tissue_features(mni, mask, threads=threads, maps=feature_maps(spec))
     mask = model_region(mask, spec)
     if feature == "morphometry":
         from bids_brainage.features.morphometry import REGION_ERODE, morphometry_features
@@ -183,13 +183,14 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
     if threads > 1:
         # the tissue warp runs in a process of its own with the threads: begin it, and do
         # the other models' work (their ages, the forest's occlusion map) while it runs
-        from bids_brainage.features.tissue import start_tissue_features
+        from bids_brainage.features.tissue import feature_maps, start_tissue_features
 
         for name in plain:
             spec = cards[name].get("input") or {}
             if spec.get("feature") == "tissue":
                 if key_of(spec) not in cache:
-                    cache[key_of(spec)] = start_tissue_features(mni, mask, threads)
+                    cache[key_of(spec)] = start_tissue_features(mni, mask, threads,
+                                                                feature_maps(spec))
                 begun.add(name)
     ensembles = [cards[n] for n in names if cards[n].get("kind") == "ensemble"]
 

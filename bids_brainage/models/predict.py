@@ -146,11 +146,12 @@ def load_predictor(card: dict, threads: int = 1):
 
 def interval(card: dict, age: float, spread: float | None = None):
     """The card's prediction interval for a predicted ``age`` (and, for an ensemble, its
-    members' spread): normalised split-conformal, or a constant half-width on older cards."""
+    members' spread): local or normalised split-conformal, or a constant half-width on older
+    cards."""
     from bids_brainage.stats.intervals import apply_interval
 
     spec = card.get("interval") or {}
-    if spec.get("halfwidth") is None and "q" not in spec:
+    if spec.get("halfwidth") is None and "q" not in spec and "local" not in spec:
         return None, None
     low, high = apply_interval(spec, age, spread)
     return float(low[0]), float(high[0])

@@ -61,6 +61,33 @@ def expand_around(volume: np.ndarray, centre, amount: float = 0.35, sigma: float
     return ndimage.map_coordinates(volume, grid - amount * offset * weight, order=1)
 
 
+def example_brain(example_run):
+    """sub-IXI354's 2 mm MNI brain and mask from the example's run."""
+    _, out, _ = example_run
+    anat = out / "sub-IXI354" / "anat"
+    mni = nib.load(str(anat / "sub-IXI354_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz"))
+    mask = np.asanyarray(nib.load(str(
+        anat / "sub-IXI354_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz")).dataobj) > 0
+    return mni.get_fdata(dtype=np.float32), mask
+
+
+def region_changes(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> dict:
+    """How each atlas region's contribution of the bundled tissue model changes (years)."""
+    from bids_brainage.models.forest import load_forest
+    from bids_brainage.models.predict import model_inputs
+    from bids_brainage.models.registry import load_cards, verified_file
+
+    card = load_cards()["tissue"]
+    model = load_forest(verified_file(card))
+
+    def regions(volume):
+        rows = explain.explain(model, model_inputs(volume, mask, card["input"]))["regions"]
+        return {r["index"]: r["years"] for r in rows}
+
+    a, b = regions(before), regions(after)
+    return {k: b.get(k, 0.0) - a.get(k, 0.0) for k in set(a) | set(b)}
+
+
 @pytest.mark.slow
 def test_enlarged_ventricles_come_out_on_top(example_run):
     """Enlarge one participant's lateral ventricles by a smooth warp on its MNI brain: the
@@ -71,28 +98,10 @@ def test_enlarged_ventricles_come_out_on_top(example_run):
     aside: the thalami, the right ventral DC and caudate then change most (measured: right
     thalamus +0.16, right lateral ventricle not among the top five). A change made inside
     one region is found in that region: the next test."""
-    from bids_brainage.models.forest import load_forest
-    from bids_brainage.models.predict import model_inputs
-    from bids_brainage.models.registry import load_cards, verified_file
-
-    _, out, _ = example_run
-    anat = out / "sub-IXI354" / "anat"
-    mni = nib.load(str(anat / "sub-IXI354_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz"))
-    data = mni.get_fdata(dtype=np.float32)
-    mask = np.asanyarray(nib.load(str(
-        anat / "sub-IXI354_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz")).dataobj) > 0
+    data, mask = example_brain(example_run)
     labels, names = explain.atlas()
     centre = ndimage.center_of_mass(np.isin(labels, [51, 52]))
-    changed = expand_around(data, centre)
-    card = load_cards()["tissue"]
-    model = load_forest(verified_file(card))
-
-    def regions(volume):
-        rows = explain.explain(model, model_inputs(volume, mask, card["input"]))["regions"]
-        return {r["index"]: r["years"] for r in rows}
-
-    before, after = regions(data), regions(changed)
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
+    delta = region_changes(data, expand_around(data, centre), mask)
     top = sorted(delta, key=lambda k: -abs(delta[k]))[:5]
     index = np.indices(data.shape)[0].astype(np.float32)
     warped = np.abs(expand_around(index, centre) - index) > 0.5
@@ -107,29 +116,12 @@ def test_tissue_changed_in_one_region_puts_that_region_on_top(example_run):
     grey matter read as part CSF, white as part grey): the region whose contribution changes
     most is the right hippocampus (measured −0.32 y; the next, the right temporal white
     matter around it, −0.19)."""
-    from bids_brainage.models.forest import load_forest
-    from bids_brainage.models.predict import model_inputs
-    from bids_brainage.models.registry import load_cards, verified_file
-
-    _, out, _ = example_run
-    anat = out / "sub-IXI354" / "anat"
-    mni = nib.load(str(anat / "sub-IXI354_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz"))
-    data = mni.get_fdata(dtype=np.float32)
-    mask = np.asanyarray(nib.load(str(
-        anat / "sub-IXI354_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz")).dataobj) > 0
+    data, mask = example_brain(example_run)
     labels, names = explain.atlas()
     target = next(k for k, v in names.items() if v == "Right Hippocampus")
     changed = data.copy()
     changed[(labels == target) & mask] *= 0.7
-    card = load_cards()["tissue"]
-    model = load_forest(verified_file(card))
-
-    def regions(volume):
-        rows = explain.explain(model, model_inputs(volume, mask, card["input"]))["regions"]
-        return {r["index"]: r["years"] for r in rows}
-
-    before, after = regions(data), regions(changed)
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
+    delta = region_changes(data, changed, mask)
     top = sorted(delta, key=lambda k: -abs(delta[k]))[:3]
     assert top[0] == target, [(names.get(k), round(delta[k], 3)) for k in top]
 

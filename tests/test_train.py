@@ -48,7 +48,9 @@ def test_training_writes_a_model_card_with_metrics(trained):
         # every model is fitted on every participant; figures from repeated nested CV
         assert card["training"]["n"] == len(SUBSET)
         assert card["training"]["fitted_on"] == "every labelled participant"
-        assert card["interval"]["q"] > 0 and card["interval"]["level"] == 0.9
+        local = card["interval"]["local"]  # the calibration pairs: n out-of-fold predictions
+        assert card["interval"]["level"] == 0.9 and len(local["predicted"]) == len(SUBSET)
+        assert min(local["deviation"]) >= 0 and local["predicted"] == sorted(local["predicted"])
         assert "slope" in card["bias_correction"]
         assert f"(n={len(SUBSET)})" in card["bias_correction"]["fitted_on"]
     for name in ("rf", "tissue", "morph", "ensemble"):
@@ -72,7 +74,10 @@ def test_training_writes_a_model_card_with_metrics(trained):
     assert cards["rf"]["input"]["normalization"] == "logquantile"
     assert cards["rf"]["input"]["feature"] == "histogram+tissue"
     assert cards["rf"]["preprocessing"].endswith("log intensities (10th percentile = 0, 90th = 1)")
-    assert cards["tissue"]["input"] == {"feature": "tissue"}
+    # the tissue ridge reads the modulated and the unmodulated GM and WM maps
+    assert cards["tissue"]["input"] == {"feature": "tissue", "maps": [
+        "gm", "wm", "gm_unmodulated", "wm_unmodulated"]}
+    assert cards["tissue"]["preprocessing"].endswith("Jacobian-modulated and unmodulated GM and WM")
 
 
 def test_same_seed_gives_identical_models(trained):

@@ -22,6 +22,14 @@ def conformal_halfwidth(residuals, level: float = INTERVAL_LEVEL) -> float:
 
 
 
+def _trend(predicted: np.ndarray, ages: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The residual's (age − predicted) linear trend in the prediction: its intercept and
+    slope, the residuals, and each one's |deviation| from the trend."""
+    residual = ages - predicted
+    slope, intercept = np.polyfit(predicted, residual, 1)
+    return intercept, slope, residual, np.abs(residual - (intercept + slope * predicted))
+
+
 LOCAL_WINDOW = 8.0      # years of predicted age either side
 LOCAL_NEIGHBOURS = 20   # at least this many calibration images
 
@@ -53,9 +61,7 @@ def calibrate_interval(predicted, ages, spread=None, level: float = INTERVAL_LEV
     [13.6, 20.1]
     """
     predicted, ages = np.asarray(predicted, float), np.asarray(ages, float)
-    residual = ages - predicted
-    slope, intercept = np.polyfit(predicted, residual, 1)
-    deviation = np.abs(residual - (intercept + slope * predicted))
+    intercept, slope, residual, deviation = _trend(predicted, ages)
     order = np.argsort(predicted, kind="stable")
     return {"method": "local split-conformal: centre = predicted + trend of the residual in "
                       f"the prediction; half-width = conformal quantile of the |deviations| "
@@ -104,9 +110,7 @@ def calibrate_normalised(predicted, ages, spread=None, level: float = INTERVAL_L
     from scipy.optimize import nnls
 
     predicted, ages = np.asarray(predicted, float), np.asarray(ages, float)
-    residual = ages - predicted
-    slope, intercept = np.polyfit(predicted, residual, 1)
-    deviation = np.abs(residual - (intercept + slope * predicted))
+    intercept, slope, residual, deviation = _trend(predicted, ages)
     centre = float(np.mean(predicted))
     columns = [np.ones_like(predicted), np.abs(predicted - centre)]
     if spread is not None:
@@ -131,19 +135,17 @@ def apply_interval(interval: dict, predicted, spread=None) -> tuple[np.ndarray, 
     """Lower and upper ends of the interval for each prediction: local (``local``),
     normalised (``q``), or the constant half-width of older cards."""
     predicted = np.atleast_1d(np.asarray(predicted, float))
-    if "local" in interval:
-        intercept, slope = interval["trend"]
-        mid = predicted + intercept + slope * predicted
-        half = local_halfwidth(interval["local"], predicted, interval.get("level", INTERVAL_LEVEL))
-        return mid - half, mid + half
-    if "q" not in interval:
+    if "local" not in interval and "q" not in interval:
         half = float(interval["halfwidth"])
         return predicted - half, predicted + half
     intercept, slope = interval["trend"]
+    mid = predicted + intercept + slope * predicted
+    if "local" in interval:
+        half = local_halfwidth(interval["local"], predicted, interval.get("level", INTERVAL_LEVEL))
+        return mid - half, mid + half
     sc = interval["scale"]
     scale = sc["intercept"] + sc["distance"] * np.abs(predicted - sc["centre"])
     if spread is not None and "spread" in sc:
         scale = scale + sc["spread"] * np.atleast_1d(np.asarray(spread, float))
     scale = np.maximum(scale, sc["floor"])
-    mid = predicted + intercept + slope * predicted
     return mid - interval["q"] * scale, mid + interval["q"] * scale

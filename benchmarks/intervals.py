@@ -29,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reliability import ages_of  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 POOL = ROOT.parent / "shared" / "data" / "ixi-hh-2mm"
 SEED_ROWS = ROOT.parent / "shared" / "data" / "seed-histograms" / "rep2.json"
@@ -61,26 +64,29 @@ def record_nested(argv: list[str], out: Path) -> None:
     train(argv)
 
 
+def floored(low, high, least: float):
+    """The interval widened to a half-width of at least ``least`` around its centre."""
+    mid, half = (low + high) / 2, np.maximum((high - low) / 2, least)
+    return mid - half, mid + half
+
+
 def methods() -> dict:
     """name -> calibrate(predicted, ages, spread) returning an ``apply(predicted, spread)``."""
     from bids_brainage.stats import intervals as iv
 
     def card_method(calibrate):
-        return lambda p, a, s: (lambda cal: lambda q, t: iv.apply_interval(cal, q, t))(
-            calibrate(p, a, s))
+        def fitted(p, a, s):
+            card = calibrate(p, a, s)
+            return lambda q, t: iv.apply_interval(card, q, t)
+        return fitted
 
     def local(window, floor=0.0):
-        def calibrate(p, a, s):
-            cal = iv.calibrate_interval(p, a)
-            cal["local"]["window"] = window
-            least = floor * iv.conformal_halfwidth(cal["local"]["deviation"])
-
-            def apply(q, t):
-                lo, hi = iv.apply_interval(cal, q)
-                mid, half = (lo + hi) / 2, np.maximum((hi - lo) / 2, least)
-                return mid - half, mid + half
-            return apply
-        return calibrate
+        def fitted(p, a, s):
+            card = iv.calibrate_interval(p, a)
+            card["local"]["window"] = window
+            least = floor * iv.conformal_halfwidth(card["local"]["deviation"])
+            return lambda q, t: floored(*iv.apply_interval(card, q), least)
+        return fitted
 
     return {"normalised (previous)": card_method(iv.calibrate_normalised),
             "local 8 y (bundled)": card_method(iv.calibrate_interval),
@@ -89,15 +95,15 @@ def methods() -> dict:
 
 
 def pool_table(record: dict) -> list[str]:
-    from bids_brainage.training.crossval import member_spread
+    from bids_brainage.training.crossval import coverage_by_decade, member_spread
 
     nested, fits = record["nested"], record["record"]
     ages = nested["ages"]
     n, repeats = len(ages), nested["predictions"]["ensemble"].shape[0]
-    outer = [f for f in fits if f["rows"] is not None and len(f["rows"]) < n]
-    outer = outer[-(len(outer) // repeats) * repeats:]
+    # the nested CV's outer fits are the last ones recorded before it returned: one per
+    # outer fold, as many as the weights it chose
+    outer = fits[-len(nested["weights"]):]
     per_repeat = len(outer) // repeats
-    decade = (ages // 10 * 10).astype(int)
     lines = []
     for name, calibrate in methods().items():
         low, high = (np.full((repeats, n), np.nan) for _ in range(2))
@@ -107,10 +113,12 @@ def pool_table(record: dict) -> list[str]:
                               member_spread({k: fit["oof"][k] for k in fit["weights"]}))
             low[r, fold], high[r, fold] = apply(nested["predictions"]["ensemble"][r, fold],
                                                 nested["spread"][r, fold])
-        inside, half = (ages >= low) & (ages <= high), (high - low) / 2
-        lines.append(f"{name:24s} {inside.mean():6.1%} ±{half.mean():5.2f}   " + "  ".join(
-            f"{k}s {inside[:, decade == k].mean():4.0%} ±{half[:, decade == k].mean():4.1f}"
-            for k in np.unique(decade) if (decade == k).sum() >= 10))
+        inside = (ages >= low) & (ages <= high)
+        decades = coverage_by_decade({"ages": ages, "member_low": {name: low},
+                                      "member_high": {name: high}}, name)
+        lines.append(f"{name:24s} {inside.mean():6.1%} ±{np.mean(high - low) / 2:5.2f}   "
+                     + "  ".join(f"{k} {d['coverage']:4.0%} ±{d['mean_halfwidth']:4.1f}"
+                                 for k, d in decades.items()))
     return lines
 
 
@@ -119,9 +127,7 @@ def external_table(out: Path, bids: Path, cards: list[Path]) -> list[str]:
     own calibration pairs) and each of ``cards``' ensemble intervals, on an external run."""
     from bids_brainage.stats import intervals as iv
 
-    with (bids / "participants.tsv").open(newline="") as handle:
-        ages = {r["participant_id"]: float(r["age"])
-                for r in csv.DictReader(handle, delimiter="\t")}
+    ages = ages_of(bids)
     rows: dict[str, dict] = {}
     for tsv in sorted(out.glob("sub-*/**/*_brainage.tsv")):
         with tsv.open(newline="") as handle:
@@ -150,12 +156,10 @@ def external_table(out: Path, bids: Path, cards: list[Path]) -> list[str]:
         interval = json.loads(json.dumps(bundled["interval"]))
         if window is not None:
             interval["local"]["window"] = window
-        lo, hi = iv.apply_interval(interval, pred)
         least = floor * iv.conformal_halfwidth(interval["local"]["deviation"])
-        half = np.maximum((hi - lo) / 2, least)
         line(f"local {interval['local']['window']:g} y" + (f", floor {floor}" if floor else "")
              + (" (bundled)" if window is None and not floor else ""),
-             (lo + hi) / 2 - half, (lo + hi) / 2 + half)
+             *floored(*iv.apply_interval(interval, pred), least))
     for path in cards:
         card = ensemble(path)
         lo, hi = iv.apply_interval(card["interval"], pred, spread(card))

@@ -57,12 +57,14 @@ def main(argv=None) -> int:
     p.add_argument("--external-derivatives", type=Path, default=None)
     p.add_argument("--work", type=Path, default=None, help="work folder (kept: inputs cache)")
     p.add_argument("--models", default="rf,morph,tissue,rf_sites")
-    p.add_argument("--defaults", default="rf,tissue,rf_sites")
+    p.add_argument("--defaults", default="tissue,rf_sites")
     p.add_argument("--seed-rows", type=Path, default=SEED_ROWS,
                    help="rf_sites's other-site rows (the bundled models': rep2.json)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--robustness", type=int, default=0)
     p.add_argument("--nprocs", type=int, default=2)
+    p.add_argument("--no-recalibration", action="store_true",
+                   help="the same procedure without recalibration lines (raw outputs)")
     p.add_argument("--from-cards", type=Path, default=None,
                    help="print the table of an existing model directory and stop")
     args = p.parse_args(argv)
@@ -82,6 +84,8 @@ def main(argv=None) -> int:
         argv += ["--derivatives", str(args.derivatives)]
     if args.external_derivatives:
         argv += ["--external-derivatives", str(args.external_derivatives)]
+    if args.no_recalibration:
+        argv += ["--no-recalibration"]
     code = train(argv)
     if code == 0:
         print(table(out))

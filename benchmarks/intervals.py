@@ -187,7 +187,7 @@ def main(argv=None) -> int:
             p.error("--derivatives (or --from-record) is needed")
         train_argv = [str(POOL), str(args.work / "models"), "--derivatives",
                       str(args.derivatives), "-w", str(args.work), "--models",
-                      "rf,tissue,rf_sites", "--defaults", "rf,tissue,rf_sites", "--repeats",
+                      "rf,tissue,rf_sites", "--defaults", "tissue,rf_sites", "--repeats",
                       str(args.repeats), "--seed-rows", str(SEED_ROWS), "--nprocs", "2"]
         if args.random_seed is not None:
             train_argv += ["--random-seed", str(args.random_seed)]

@@ -190,3 +190,42 @@ def test_extra_rows_train_every_fit_and_are_never_scored():
     # the ensemble is the one member it was asked to combine
     assert all(w == {"lin": 1.0} for w in result["weights"])
     assert np.allclose(result["predictions"]["ensemble"], result["predictions"]["lin"])
+
+
+class Shrunk:
+    """A model that regresses to the mean as a penalised fit does: 0.6 x the linear fit's
+    prediction plus 0.4 x the training mean."""
+
+    def __init__(self, x, y, groups=None):
+        self.fit, self.mean = _linear(x, y), float(np.mean(y))
+
+    def predict(self, x):
+        return 0.6 * self.fit.predict(x) + 0.4 * self.mean
+
+
+def test_recalibration_undoes_the_regression_to_the_mean_on_new_data():
+    """Each member's line (age on its inner out-of-fold prediction) and the ensemble's are
+    fitted inside the training rows; on held-out rows the recalibrated ages are closer and
+    no longer shrunk, and the line is what the card keeps."""
+    ages, x = _data(300, seed=3)
+    train, test = np.arange(200), np.arange(200, 300)
+    members = [Member("shrunk", x, Shrunk), Member("lin", x, _linear)]
+    fitted = fit_ensemble(members, ages, train, k=5, seed=0)
+    line = fitted.lines["shrunk"]
+    assert 1.5 < line["slope"] < 1.8          # 1 / 0.6, up to the noise the fit keeps out
+    raw = fitted.models["shrunk"].predict(x[test])
+    out = fitted.predict(members, test)
+    assert np.allclose(out["shrunk"], line["intercept"] + line["slope"] * raw)
+    assert np.mean(np.abs(out["shrunk"] - ages[test])) < np.mean(np.abs(raw - ages[test]))
+    assert abs(np.polyfit(ages[test], out["shrunk"], 1)[0] - np.polyfit(
+        ages[test], out["lin"], 1)[0]) < 0.1
+    # the ensemble is its convex combination of recalibrated ages through its own line
+    mix = sum(w * out[n] for n, w in fitted.weights.items())
+    e = fitted.lines["ensemble"]
+    assert np.allclose(out["ensemble"], e["intercept"] + e["slope"] * mix)
+    # its inner out-of-fold predictions, which the intervals are calibrated on, are too
+    assert abs(np.polyfit(fitted.oof["shrunk"], ages[train], 1)[0] - 1) < 1e-4
+    # --no-recalibration: no lines, the raw outputs throughout
+    plain = fit_ensemble(members, ages, train, k=5, seed=0, recalibrate=False)
+    assert all(line is None for line in plain.lines.values())
+    assert np.allclose(plain.predict(members, test)["shrunk"], raw)

@@ -215,3 +215,31 @@ def test_features_begun_by_the_registration_are_taken_over_by_the_prediction():
         tissue._BEGUN.clear()
         stop_helpers()
     assert one[0] == two[0]
+
+
+def test_each_model_reports_its_raw_output_through_its_recalibration_line():
+    """Every bundled card carries the line fitted on its out-of-fold predictions; a member's
+    age is its raw output through its line, the ensemble's is its weighted members' ages
+    through its own (cards without lines, as earlier releases wrote, give the raw output)."""
+    import copy
+
+    from bids_brainage.models.predict import predict_ages
+    from bids_brainage.models.registry import default_models, load_cards
+
+    data, mask = _template_brain()
+    data = data * 1000.0 / data[mask].mean()
+    cards = load_cards()
+    names = default_models(cards)
+    plain = copy.deepcopy(cards)
+    for card in plain.values():
+        card.pop("recalibration")
+    ages = {r["model"]: r["predicted_age"] for r in predict_ages(data, mask, cards, names)[0]}
+    raw = {r["model"]: r["predicted_age"] for r in predict_ages(data, mask, plain, names)[0]}
+    assert any(abs(cards[n]["recalibration"]["slope"] - 1) > 0.02 for n in names)
+    for name in names:
+        line = cards[name]["recalibration"]
+        if cards[name].get("kind") == "ensemble":
+            before = sum(w * ages[m] for m, w in cards[name]["members"].items())
+        else:
+            before = raw[name]
+        assert abs(ages[name] - (line["intercept"] + line["slope"] * before)) < 0.01

@@ -84,6 +84,11 @@ def get_parser() -> argparse.ArgumentParser:
                         "participants (see training/augment.py). Default 0, as the bundled "
                         "models: one copy cost 0.2 y of nested-CV MAE and did not make the "
                         "app's robustness variants move less (docs/models.md)")
+    p.add_argument("--no-recalibration", dest="recalibrate", action="store_false",
+                   help="report every model's raw output: no recalibration line (age on "
+                        "out-of-fold prediction) is fitted, and the cards have none. The "
+                        "bundled models have lines: they took the ensemble's nested-CV MAE "
+                        "from 5.48 to 5.28 (docs/models.md)")
     p.add_argument("--robustness", type=int, default=0, metavar="N",
                    help="fit the default models without N participants and run those "
                         "participants' images changed as datasets change them (stripped "

@@ -10,6 +10,7 @@ import functools
 import numpy as np
 
 from bids_brainage.models.registry import verified_file
+from bids_brainage.stats.metrics import recalibrate
 
 
 def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict, threads: int = 1):
@@ -196,7 +197,8 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
     ensembles = [cards[n] for n in names if cards[n].get("kind") == "ensemble"]
 
     def age_of(name: str) -> float:
-        return load_predictor(cards[name], threads)(inputs(cards[name].get("input", {})))
+        raw = load_predictor(cards[name], threads)(inputs(cards[name].get("input", {})))
+        return float(recalibrate(cards[name].get("recalibration"), raw))
 
     ages = {name: age_of(name) for name in plain if name not in begun}
     contributions = (explain_models(cards, names, ensembles, inputs, mni, mask)
@@ -204,8 +206,9 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
     ages.update({name: age_of(name) for name in plain if name in begun})
     ages = {name: ages[name] for name in plain}  # the cards' order, whatever ran first
     for card in ensembles:
-        ages[card["name"]] = float(card.get("intercept", 0.0)) + sum(
-            float(w) * ages[m] for m, w in card["members"].items())
+        ages[card["name"]] = float(recalibrate(card.get("recalibration"), float(
+            card.get("intercept", 0.0)) + sum(float(w) * ages[m]
+                                              for m, w in card["members"].items())))
     rel_card = ensembles[0].get("reliability") if ensembles else None
     spread = features = None
     if ensembles and len(ensembles[0]["members"]) > 1:
@@ -232,14 +235,20 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
 def explain_models(cards, names, ensembles, inputs, mni, mask) -> dict | None:
     """Why this age, per region: the first ensemble's members, each times its weight (the
     linear tissue member exactly, the histogram forest by occlusion), or the one model run
-    alone; None when no model can be mapped."""
+    alone; None when no model can be mapped. A weight includes the recalibration slopes of
+    the member and the ensemble: the years of the reported age per year of raw output."""
     from bids_brainage.models import explain
 
+    def slope(card: dict) -> float:  # a recalibrated model's age moves this much per year
+        return float((card.get("recalibration") or {}).get("slope", 1.0))
+
     if ensembles:
-        weights = {m: float(w) for m, w in ensembles[0]["members"].items() if m in cards}
+        weights = {m: float(w) * slope(ensembles[0]) * slope(cards[m])
+                   for m, w in ensembles[0]["members"].items() if m in cards}
         of = ensembles[0]["name"]
     else:
-        weights, of = {n: 1.0 for n in names[:1]}, names[0] if names else ""
+        weights = {n: slope(cards[n]) for n in names[:1]}
+        of = names[0] if names else ""
     parts = {}
     for name, weight in weights.items():
         card = cards[name]

@@ -147,7 +147,8 @@ prediction is an indication, not a measurement.</div>
 <h3>Why this age</h3>
 {% if image.contributions.members %}
 <p>What moved the {{ image.contributions.of }}'s prediction, by region (DLMUSE atlas), in
-years: each member's map times its weight,
+years: each member's map times its weight (its ensemble weight times the recalibration slopes
+of the member and the ensemble: the years of the reported age per year of the member's raw output),
 {% for name, m in image.contributions.members.items() %}{{ name }} by {{ m.method }}
 (weight {{ m.weight | fmt(2) }}{% if m.total_years is not none %}, {{ m.total_years | fmt(1) }} y from the training mean{% endif %}){% if not loop.last %}; {% endif %}{% endfor %}.
 Linear contributions add up to the member's distance from the training mean; occlusion values

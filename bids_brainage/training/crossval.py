@@ -1,8 +1,8 @@
 """Repeated nested cross-validation, and the fit of an ensemble with everything it calibrates.
 
 One function, :func:`fit_ensemble`, makes every choice that depends on data: each member's
-hyper-parameters (inside its own ``fit``), the members' inner out-of-fold predictions, the
-ensemble weights, the interval and the age-bias line. :func:`nested_cv` runs it on the
+hyper-parameters (inside its own ``fit``), the members' inner out-of-fold predictions, each
+model's recalibration line, the ensemble weights, the interval and the age-bias line. :func:`nested_cv` runs it on the
 training part of every outer fold and scores the untouched outer fold; repeated with other
 seeds, the spread over repeats says how much one split's figure can move. The bundled models
 are :func:`fit_ensemble` on all participants, so the figures describe the very procedure
@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from bids_brainage.stats.intervals import apply_interval, calibrate_interval
+from bids_brainage.stats.metrics import fit_recalibration, recalibrate as apply_line
 from bids_brainage.training.splits import kfold_indices
 
 LOG = logging.getLogger("bids_brainage.train")
@@ -117,11 +118,19 @@ class FittedEnsemble:
     ages: np.ndarray        # ages of the fitting rows
     interval: dict          # the calibrated interval (see ``calibrate_interval``)
     intervals: dict         # per member
+    lines: dict             # name -> recalibration line (``stats.metrics.fit_recalibration``)
+
+    def predict_member(self, name: str, x) -> np.ndarray:
+        """Member ``name``'s ages for input rows ``x``: its model, then its line."""
+        return apply_line(self.lines[name], np.asarray(self.models[name].predict(x), float))
+
+    def combine(self, predictions: dict[str, np.ndarray]) -> np.ndarray:
+        """The ensemble's ages from its members' (recalibrated) ages."""
+        return apply_line(self.lines["ensemble"], combine(self.weights, predictions))
 
     def predict(self, members: list[Member], rows) -> dict[str, np.ndarray]:
-        out = {m.name: np.asarray(self.models[m.name].predict(m.x[rows]), float)
-               for m in members}
-        out["ensemble"] = combine(self.weights, out)
+        out = {m.name: self.predict_member(m.name, m.x[rows]) for m in members}
+        out["ensemble"] = self.combine(out)
         return out
 
 
@@ -137,9 +146,17 @@ def inner_oof(member: Member, ages, rows, groups, k: int, seed: int) -> np.ndarr
 
 def fit_ensemble(members: list[Member], ages, rows=None, groups=None, *, k: int = 5,
                  seed: int = 0, weights: dict | None = None,
-                 ensemble: list[str] | None = None) -> FittedEnsemble:
-    """Fit every member on ``rows``; weights, intervals and bias lines from inner CV there.
+                 ensemble: list[str] | None = None, recalibrate: bool = True) -> FittedEnsemble:
+    """Fit every member on ``rows``; recalibration lines, weights, intervals and bias lines
+    from inner CV there.
 
+    Each member's inner out-of-fold predictions fit its recalibration line (age on
+    prediction); the weights are chosen on the recalibrated predictions, and the ensemble's
+    combination gets a line of its own (a convex combination regresses to the mean more than
+    its members). Measured on two 5 x 5 nested-CV splits of the pool: the ensemble's MAE
+    5.48 -> 5.28 and 5.41 -> 5.24 (docs/models.md).
+
+    ``recalibrate=False`` fits no lines (``lines`` holds None: raw outputs throughout).
     ``weights`` fixes the ensemble weights instead of fitting them (e.g. one member);
     ``ensemble`` names the members the ensemble combines (default: all of them; the others
     are fitted and calibrated beside it, as when each is fitted on its own).
@@ -147,15 +164,21 @@ def fit_ensemble(members: list[Member], ages, rows=None, groups=None, *, k: int 
     ages = np.asarray(ages, float)
     rows = np.arange(len(ages)) if rows is None else np.asarray(rows)
     groups = np.arange(len(ages)) if groups is None else np.asarray(groups)
-    oof = {m.name: inner_oof(m, ages, rows, groups, k, seed) for m in members}
+    raw = {m.name: inner_oof(m, ages, rows, groups, k, seed) for m in members}
+    line = fit_recalibration if recalibrate else (lambda predicted, age: None)
+    lines = {n: line(p, ages[rows]) for n, p in raw.items()}
+    oof = {n: apply_line(lines[n], p) for n, p in raw.items()}
     models = {m.name: m.fit_rows(rows, ages, groups) for m in members}
     combined = [m.name for m in members if ensemble is None or m.name in ensemble]
     weights = weights or ensemble_weights({n: oof[n] for n in combined}, ages[rows])
-    oof["ensemble"] = combine(weights, oof)
+    mixed = combine(weights, oof)
+    lines["ensemble"] = line(mixed, ages[rows])
+    oof["ensemble"] = apply_line(lines["ensemble"], mixed)
     spread = member_spread({n: oof[n] for n in weights})
     intervals = {n: calibrate_interval(oof[n], ages[rows]) for n in oof}
     intervals["ensemble"] = calibrate_interval(oof["ensemble"], ages[rows], spread)
-    return FittedEnsemble(models, weights, oof, ages[rows], intervals["ensemble"], intervals)
+    return FittedEnsemble(models, weights, oof, ages[rows], intervals["ensemble"], intervals,
+                          lines)
 
 
 def member_spread(predictions: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -168,7 +191,8 @@ def member_spread(predictions: dict[str, np.ndarray]) -> np.ndarray | None:
 # ------------------------------------------------------------------------------ nested CV
 def nested_cv(members: list[Member], ages, groups=None, *, k: int = 5, repeats: int = 5,
               inner_k: int = 5, seed: int = 0, weights: dict | None = None,
-              progress: bool = True, ensemble: list[str] | None = None) -> dict:
+              progress: bool = True, ensemble: list[str] | None = None,
+              recalibrate: bool = True) -> dict:
     """Outer predictions of every member and the ensemble (of ``ensemble``'s members, by
     default all), for each repeat.
 
@@ -191,7 +215,8 @@ def nested_cv(members: list[Member], ages, groups=None, *, k: int = 5, repeats: 
         for fold in group_folds(ages, groups, k, seed + 1000 * (r + 1)):
             train = np.setdiff1d(np.arange(len(ages)), fold)
             fitted = fit_ensemble(members, ages, train, groups, k=inner_k, seed=seed + r,
-                                  weights=weights, ensemble=ensemble)
+                                  weights=weights, ensemble=ensemble,
+                                  recalibrate=recalibrate)
             out = fitted.predict(members, fold)
             s = member_spread({n: out[n] for n in fitted.weights})
             if s is not None:

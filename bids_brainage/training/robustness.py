@@ -324,15 +324,18 @@ def gate(members, subjects, ages, groups, defaults, derivatives, args, work_dir:
     held_ids = sorted({groups[i] for i in held})
     rows = np.flatnonzero(~np.isin(groups, held_ids))
     candidates = [m for m in members if m.name in defaults]
-    fitted = fit_ensemble(candidates, ages, rows, groups, k=args.folds, seed=args.random_seed)
+    fitted = fit_ensemble(candidates, ages, rows, groups, k=args.folds, seed=args.random_seed,
+                          recalibrate=getattr(args, "recalibrate", True))
     model_dir = Path(work_dir) / "robustness_models"
     model_dir.mkdir(parents=True, exist_ok=True)
     cards = [{"name": m.name, "kind": member_kind(m.name),
               "file": save_member(m.name, fitted.models[m.name], model_dir),
               "input": member_input(m.name, args), "default": True,
+              "recalibration": fitted.lines[m.name],
               "interval": fitted.intervals[m.name]} for m in candidates]
     cards.append({"name": "ensemble", "kind": "ensemble", "members": fitted.weights,
-                  "intercept": 0.0, "default": True, "interval": fitted.interval})
+                  "intercept": 0.0, "recalibration": fitted.lines["ensemble"],
+                  "default": True, "interval": fitted.interval})
     write_models(model_dir, cards)
     images = {}
     masks = Path(args.reference_masks or derivatives)

@@ -264,6 +264,16 @@ def calibration(predicted_oof, ages, source: str, spread=None) -> dict:
                                 "fitted_on": f"{source} predictions (n={len(ages)})"}}
 
 
+def recalibration_card(final, name: str, source: str) -> dict:
+    """The card's ``recalibration``: the model's line (``stats.metrics.fit_recalibration``),
+    which ``predict`` applies to its raw output; nothing with ``--no-recalibration``."""
+    if final.lines[name] is None:
+        return {}
+    return {"recalibration": {**final.lines[name],
+                              "about": "reported age = intercept + slope x raw output",
+                              "fitted_on": f"{source} (n={len(final.ages)})"}}
+
+
 def training_card(subjects, ages, args, excluded) -> dict:
     return {
         "dataset": str(args.bids_dir.name), "n": int(len(ages)),
@@ -407,10 +417,12 @@ def run(args) -> int:
         # the ensemble combines the defaults only; every member is fitted and scored once
         combined = [m.name for m in ensemble_members]
         nested = nested_cv(members, ages, groups, k=args.folds, repeats=args.repeats,
-                           inner_k=args.folds, seed=args.random_seed, ensemble=combined or None)
+                           inner_k=args.folds, seed=args.random_seed, ensemble=combined or None,
+                           recalibrate=args.recalibrate)
         LOG.info("fitting every model on all %d images", len(ages))
         final = fit_ensemble(members, ages, None, groups, k=args.folds, seed=args.random_seed,
-                             weights=None, ensemble=combined or None)
+                             weights=None, ensemble=combined or None,
+                             recalibrate=args.recalibrate)
         weights = final.weights
         external = external_predictions(args, final, members, work_dir)
         reliability = reliability_card(args, subjects, ages, groups, nested, cache)
@@ -428,6 +440,7 @@ def run(args) -> int:
                     "preprocessing": preprocessing(member_input(member.name, args)),
                     "default": member.name in defaults,
                     "validation": validation_block(nested, member.name, final, args),
+                    **recalibration_card(final, member.name, source),
                     **calibration(final.oof[member.name], final.ages, source)}
             if member.extra_source:  # read once, with the rows (sklearn_member)
                 card["training"] = {**card["training"], "seed_rows": member.extra_source}
@@ -488,18 +501,18 @@ def validation_block(nested: dict, name: str, final, args) -> dict:
 
 
 def ensemble_card(weights, final, members, nested, common, args) -> dict:
-    from bids_brainage.training.crossval import combine
-
     from bids_brainage.training.crossval import member_spread
 
-    oof = combine(weights, {m.name: final.oof[m.name] for m in members})
+    oof = final.oof["ensemble"]
     spread = member_spread({m.name: final.oof[m.name] for m in members})
     source = (f"the members' {args.folds}-fold cross-validation out-of-fold predictions on "
               f"every image, weighted")
     card = {"name": "ensemble", "kind": "ensemble", "members": weights, "intercept": 0.0,
+            **recalibration_card(final, "ensemble", source),
             "default": True,
-            "architecture": ("convex combination of the default models, weights (0.05 grid) "
-                             "minimising the MAE of their out-of-fold predictions"
+            "architecture": ("convex combination of the default models' recalibrated ages, "
+                             "weights (0.05 grid) minimising the MAE of their out-of-fold "
+                             "predictions, then recalibrated"
                              if len(weights) > 1 else
                              f"the single default model {next(iter(weights))}"),
             **{k: common[k] for k in ("version", "training", "versions", "date", "command",
@@ -561,9 +574,9 @@ def external_predictions(args, final, members, work_dir: Path) -> dict | None:
     if ext is None:
         return None
     subjects, ages = ext
-    predictions = {m.name: np.asarray(final.models[m.name].predict(
-        build_inputs(subjects, member_input(m.name, args), nprocs=args.nprocs,
-                     cache_dir=work_dir / "inputs")), float) for m in members}
+    predictions = {m.name: final.predict_member(m.name, build_inputs(
+        subjects, member_input(m.name, args), nprocs=args.nprocs,
+        cache_dir=work_dir / "inputs")) for m in members}
     return {"subjects": [s.participant_id for s in subjects], "ages": ages,
             "predictions": predictions}
 
@@ -573,7 +586,10 @@ def add_external(card: dict, external: dict | None, name: str) -> None:
         return
     preds = external["predictions"]
     if name == "ensemble":
-        predicted = sum(w * preds[m] for m, w in card["members"].items())
+        from bids_brainage.stats.metrics import recalibrate
+
+        predicted = recalibrate(card.get("recalibration"),
+                                sum(w * preds[m] for m, w in card["members"].items()))
     else:
         predicted = preds[name]
     card["external"] = {"dataset": "external validation (never used to fit or choose)",

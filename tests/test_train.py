@@ -58,8 +58,9 @@ def test_training_writes_a_model_card_with_metrics(trained):
         assert nested["n"] == len(SUBSET) and nested["repeats"] == 2
         assert nested["mae"] > 0 and "mae_sd" in nested and 0 <= nested["coverage"] <= 1
         # the line that recalibrates the model's raw output, from its out-of-fold predictions
-        line = cards[name]["recalibration"]
-        assert line["slope"] > 0 and f"(n={len(SUBSET)})" in line["fitted_on"]
+        # (none for a model whose held-out predictions on this handful fall with age)
+        line = cards[name].get("recalibration")
+        assert line is None or (line["slope"] > 0 and f"(n={len(SUBSET)})" in line["fitted_on"])
     assert cards["resnet10"]["validation"]["cv"]["n"] == len(SUBSET)
     assert cards["resnet10"]["default"] is False and cards["morph"]["default"] is False
     assert cards["rf"]["default"] and cards["tissue"]["default"]

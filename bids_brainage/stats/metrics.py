@@ -201,18 +201,24 @@ def corrected_brain_age_gap(predicted, age, slope: float, intercept: float) -> n
     return correct_age_bias(predicted, slope, intercept) - np.asarray(age, dtype=float)
 
 
-def fit_recalibration(predicted, age) -> dict:
+def fit_recalibration(predicted, age) -> dict | None:
     """Least-squares line ``age = intercept + slope * predicted``: the model's recalibration,
-    fitted on its out-of-fold predictions (see the module's docstring).
+    fitted on its out-of-fold predictions (see the module's docstring). None (no line: the
+    raw output) when the held-out predictions do not rise with age: a line would then turn
+    the predictions upside down or flat, as on a handful of training images.
 
     >>> fit_recalibration([30, 40, 50], [20, 40, 60])
     {'intercept': -40.0, 'slope': 2.0}
+    >>> fit_recalibration([50, 40, 30], [20, 40, 60]) is None
+    True
     """
     predicted, age = _pair(predicted, age)
     if predicted.size < 2 or np.ptp(predicted) == 0:
         raise ValueError("a recalibration needs at least two different predictions")
     dx = predicted - predicted.mean()
     slope = np.sum(dx * (age - age.mean())) / np.sum(dx * dx)
+    if not slope > 0:
+        return None
     return {"intercept": round(float(age.mean() - slope * predicted.mean()), 4),
             "slope": round(float(slope), 5)}
 

@@ -112,22 +112,24 @@ def test_unmodulated_maps_are_the_modulated_before_the_jacobian():
     post, _ = tissue.segment(moved, moved_mask)
     maps = tissue.warp_tissue(post)
     jac = np.exp(maps["logjac"])
-    for k in ("gm", "wm"):
+    for k in ("gm", "wm", "csf"):
         assert np.array_equal(maps[k], maps[f"{k}_unmodulated"] * jac)
     _, inside = tissue._fixed()
     assert maps["logjac"][inside].mean() < -0.02
+    # the CSF fractions ride on the warp of GM and WM: the same warp, applied to CSF
+    assert 0.02 < maps["csf_unmodulated"][inside].mean() < maps["gm_unmodulated"][inside].mean()
 
     default = tissue.tissue_features(moved, moved_mask)
     every = tissue.tissue_features(moved, moved_mask, maps=tissue.MAPS)
     n = int(tissue.feature_mask().sum())
-    assert default.size == 2 * n and every.size == 4 * n
+    assert default.size == 2 * n and every.size == 6 * n
     assert np.array_equal(every[: 2 * n], default)
     # concentration: larger than volume where the brain had to be enlarged onto the template
     assert every[2 * n:3 * n].mean() > every[:n].mean()
     wm_only = tissue.tissue_features(moved, moved_mask, maps=("wm_unmodulated",))
-    assert np.array_equal(wm_only, every[3 * n:])
+    assert np.array_equal(wm_only, every[3 * n:4 * n])
     with pytest.raises(ValueError, match="maps must be some of"):
-        tissue.feature_maps({"feature": "tissue", "maps": ["csf"]})
+        tissue.feature_maps({"feature": "tissue", "maps": ["logjac"]})
 
 
 def test_warp_with_threads_in_its_own_process_gives_the_same_numbers():

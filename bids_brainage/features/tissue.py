@@ -1,4 +1,4 @@
-"""Tissue features: grey- and white-matter maps, warped to the template and modulated.
+"""Tissue features: grey- and white-matter (and CSF) maps, warped to the template.
 
 brainageR's idea (Cole et al. 2018) on our 2 mm MNI grid. Intensities depend on the scanner,
 its contrast and on how much CSF a site's skull strip keeps; the amount of grey and white matter
@@ -24,8 +24,10 @@ at each place of the brain much less. So:
    :data:`SMOOTH_FWHM_MM` and read inside the template brain at :data:`FEATURE_MM`. The
    warped fractions themselves (tissue concentration, VBM's "unmodulated" maps) are read the
    same way when a card's input asks for them (``"maps"``, :data:`MAPS`): the bundled
-   ``tissue`` reads all four (nested CV of the member alone 5.61 against 5.78 for the
-   modulated pair, exploration 5 x 5; docs/models.md).
+   ``tissue`` reads those four (nested CV of the member alone 5.61 against 5.78 for the
+   modulated pair, exploration 5 x 5; docs/models.md). The CSF fractions, carried by the same
+   warp, can be read too; they are not in the bundled input: nested CV 5.25 for the member
+   and 5.13 for the ensemble, but ds000011 read 6.5 years younger (docs/models.md).
 
 Measured (repeated nested CV on the 138-image pool and the 14 ds000011 heads, ridge; see
 docs/models.md): posterior maps instead of fractions were better on the pool (MAE 5.24 vs
@@ -191,7 +193,8 @@ def _ants_image(data: np.ndarray, voxel_mm: float):
 
 
 def warp_tissue(post: np.ndarray, seed: int = 20240, threads: int = 1) -> dict:
-    """Warp GM and WM posteriors to the template: modulated maps and the log-Jacobian, all at
+    """Warp GM and WM to the template (CSF carried by the same warp): modulated and unmodulated
+    maps and the log-Jacobian, all at
     :data:`WARP_MM` on the template grid. With ``threads`` > 1 the warp runs in the helper
     process that uses them (the same numbers; here when the helper cannot run)."""
     return start_warp(post, seed, threads)()
@@ -202,17 +205,17 @@ def start_warp(post: np.ndarray, seed: int = 20240, threads: int = 1):
     on; the function returned waits for it and gives the maps (with one thread, or when the
     helper cannot run, it warps in this process when called)."""
     f = WARP_MM // 2
-    gm, wm = block_mean(post[1], f), block_mean(post[2], f)
+    csf, gm, wm = (block_mean(p, f) for p in post[:3])
 
     def here() -> dict:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-        return _warp(gm, wm, seed)
+        return _warp(gm, wm, seed, csf)
 
     if threads <= 1:
         return here
     from bids_brainage import helper
 
-    return helper.run_there(threads, here, __name__, "_warp", gm, wm, seed)
+    return helper.run_there(threads, here, __name__, "_warp", gm, wm, seed, csf)
 
 
 def prepare_warp() -> None:
@@ -222,7 +225,7 @@ def prepare_warp() -> None:
     _fixed()
 
 
-def _warp(gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
+def _warp(gm: np.ndarray, wm: np.ndarray, seed: int, csf: np.ndarray | None = None) -> dict:
     import ants
 
     ants.config._random_seed = seed
@@ -239,18 +242,21 @@ def _warp(gm: np.ndarray, wm: np.ndarray, seed: int) -> dict:
         logjac = ants.create_jacobian_determinant_image(fixed, warp, do_log=True).numpy()
         warped = [ants.apply_transforms(fixed=fixed, moving=_ants_image(m, WARP_MM),
                                         transformlist=[warp], interpolator="linear").numpy()
-                  for m in (gm, wm)]
+                  for m in (gm, wm) + (() if csf is None else (csf,))]
     jac = np.exp(logjac)
-    return {"gm": warped[0] * jac, "wm": warped[1] * jac,
-            "gm_unmodulated": warped[0], "wm_unmodulated": warped[1],
-            "logjac": logjac.astype(np.float32), "fixed": fixed_data}
+    out = {"gm": warped[0] * jac, "wm": warped[1] * jac,
+           "gm_unmodulated": warped[0], "wm_unmodulated": warped[1],
+           "logjac": logjac.astype(np.float32), "fixed": fixed_data}
+    if csf is not None:  # the warp follows GM and WM only; CSF rides along
+        out["csf"], out["csf_unmodulated"] = warped[2] * jac, warped[2]
+    return out
 
 
-# the maps a card's input may read (``{"feature": "tissue", "maps": [...]}``): modulated GM
-# and WM (tissue volume per template voxel; a card without "maps" reads these two) and the
-# unmodulated ones (the warped fractions: tissue concentration)
+# the maps a card's input may read (``{"feature": "tissue", "maps": [...]}``): modulated GM,
+# WM and CSF (tissue volume per template voxel; a card without "maps" reads GM and WM) and
+# the unmodulated ones (the warped fractions: tissue concentration)
 FEATURE_MAPS = ("gm", "wm")
-MAPS = ("gm", "wm", "gm_unmodulated", "wm_unmodulated")
+MAPS = ("gm", "wm", "gm_unmodulated", "wm_unmodulated", "csf", "csf_unmodulated")
 
 
 def feature_maps(spec: dict) -> tuple[str, ...]:

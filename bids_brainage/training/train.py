@@ -319,6 +319,29 @@ PREPROCESSING = ("conform RAS; deepbet; largest component; "
                  "MNI152NLin2009aSym at 2 mm")
 
 
+def tissue_maps_text(spec: dict) -> str:
+    """Which warped maps a tissue input reads, in words.
+
+    >>> tissue_maps_text({"feature": "tissue"})
+    'Jacobian-modulated GM and WM'
+    >>> tissue_maps_text(TISSUE_INPUT)
+    'Jacobian-modulated and unmodulated GM and WM'
+    >>> tissue_maps_text({"feature": "tissue", "maps": ["gm", "csf_unmodulated", "wm"]})
+    'Jacobian-modulated and unmodulated GM, WM and CSF'
+    """
+    from bids_brainage.features.tissue import feature_maps
+
+    maps = feature_maps(spec)
+    names = [t for t in ("gm", "wm", "csf") if t in maps or f"{t}_unmodulated" in maps]
+    tissues = " and ".join([", ".join(n.upper() for n in names[:-1]), names[-1].upper()]
+                           if len(names) > 1 else [names[0].upper()])
+    modulated = any(not m.endswith("_unmodulated") for m in maps)
+    unmodulated = any(m.endswith("_unmodulated") for m in maps)
+    kind = ("Jacobian-modulated and unmodulated" if modulated and unmodulated
+            else "unmodulated" if unmodulated else "Jacobian-modulated")
+    return f"{kind} {tissues}"
+
+
 def preprocessing(spec: dict) -> str:
     """The card's preprocessing line: the shared pipeline, then what the model's input adds.
 
@@ -330,10 +353,7 @@ def preprocessing(spec: dict) -> str:
         last = "rank-normalised; SyN to the rank-normalised template (log-Jacobians)"
     elif feature == "tissue":
         last = ("GM/WM/CSF fractions (mixture with template priors, linear unmixing); SyN of "
-                "the tissue maps to the template's; "
-                + ("Jacobian-modulated and unmodulated GM and WM"
-                   if any("unmodulated" in m for m in spec.get("maps", ()))
-                   else "Jacobian-modulated GM and WM"))
+                "the tissue maps to the template's; " + tissue_maps_text(spec))
     elif norm == "quantile":
         last = "rank-normalised, mapped onto the reference quantiles"
     elif norm == "rank":

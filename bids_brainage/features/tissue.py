@@ -194,9 +194,9 @@ def _ants_image(data: np.ndarray, voxel_mm: float):
 
 def warp_tissue(post: np.ndarray, seed: int = 20240, threads: int = 1) -> dict:
     """Warp GM and WM to the template (CSF carried by the same warp): modulated and unmodulated
-    maps and the log-Jacobian, all at
-    :data:`WARP_MM` on the template grid. With ``threads`` > 1 the warp runs in the helper
-    process that uses them (the same numbers; here when the helper cannot run)."""
+    maps and the log-Jacobian, all at :data:`WARP_MM` on the template grid. With ``threads``
+    > 1 the warp runs in the helper process that uses them (the same numbers; here when the
+    helper cannot run)."""
     return start_warp(post, seed, threads)()
 
 

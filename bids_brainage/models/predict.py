@@ -145,6 +145,14 @@ def load_predictor(card: dict, threads: int = 1):
     raise ValueError(f"model {card['name']!r}: unknown kind {kind!r}")
 
 
+def ensemble_age(card: dict, ages: dict):
+    """An ensemble card's age from its members' (recalibrated) ages, numbers or arrays: its
+    intercept plus the weighted members, through the ensemble's own recalibration line."""
+    mixed = float(card.get("intercept", 0.0)) + sum(
+        float(w) * np.asarray(ages[m], float) for m, w in card["members"].items())
+    return recalibrate(card.get("recalibration"), mixed)
+
+
 def interval(card: dict, age: float, spread: float | None = None):
     """The card's prediction interval for a predicted ``age`` (and, for an ensemble, its
     members' spread): local or normalised split-conformal, or a constant half-width on older
@@ -206,9 +214,7 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
     ages.update({name: age_of(name) for name in plain if name in begun})
     ages = {name: ages[name] for name in plain}  # the cards' order, whatever ran first
     for card in ensembles:
-        ages[card["name"]] = float(recalibrate(card.get("recalibration"), float(
-            card.get("intercept", 0.0)) + sum(float(w) * ages[m]
-                                              for m, w in card["members"].items())))
+        ages[card["name"]] = float(ensemble_age(card, ages))
     rel_card = ensembles[0].get("reliability") if ensembles else None
     spread = features = None
     if ensembles and len(ensembles[0]["members"]) > 1:

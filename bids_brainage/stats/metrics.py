@@ -165,6 +165,13 @@ def _fisher_ci(r: float, n: int, confidence: float) -> tuple[float, float]:
     return float(np.tanh(centre - half)), float(np.tanh(centre + half))
 
 
+def _least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept of the least-squares line ``y = slope * x + intercept``."""
+    dx = x - x.mean()
+    slope = np.sum(dx * (y - y.mean())) / np.sum(dx * dx)
+    return float(slope), float(y.mean() - slope * x.mean())
+
+
 def fit_age_bias(age, predicted) -> tuple[float, float]:
     """Least-squares line ``predicted = slope * age + intercept`` (step 1 of the correction).
 
@@ -174,9 +181,7 @@ def fit_age_bias(age, predicted) -> tuple[float, float]:
     age, predicted = _pair(age, predicted)
     if age.size < 2 or np.ptp(age) == 0:
         raise ValueError("the age-bias fit needs at least two different ages")
-    dx = age - age.mean()
-    slope = np.sum(dx * (predicted - predicted.mean())) / np.sum(dx * dx)
-    return float(slope), float(predicted.mean() - slope * age.mean())
+    return _least_squares(age, predicted)
 
 
 def correct_age_bias(predicted, slope: float, intercept: float) -> np.ndarray:
@@ -215,12 +220,10 @@ def fit_recalibration(predicted, age) -> dict | None:
     predicted, age = _pair(predicted, age)
     if predicted.size < 2 or np.ptp(predicted) == 0:
         raise ValueError("a recalibration needs at least two different predictions")
-    dx = predicted - predicted.mean()
-    slope = np.sum(dx * (age - age.mean())) / np.sum(dx * dx)
+    slope, intercept = _least_squares(predicted, age)
     if not slope > 0:
         return None
-    return {"intercept": round(float(age.mean() - slope * predicted.mean()), 4),
-            "slope": round(float(slope), 5)}
+    return {"intercept": round(intercept, 4), "slope": round(slope, 5)}
 
 
 def recalibrate(line: dict | None, predicted):

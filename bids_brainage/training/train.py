@@ -606,10 +606,9 @@ def add_external(card: dict, external: dict | None, name: str) -> None:
         return
     preds = external["predictions"]
     if name == "ensemble":
-        from bids_brainage.stats.metrics import recalibrate
+        from bids_brainage.models.predict import ensemble_age
 
-        predicted = recalibrate(card.get("recalibration"),
-                                sum(w * preds[m] for m, w in card["members"].items()))
+        predicted = ensemble_age(card, preds)
     else:
         predicted = preds[name]
     card["external"] = {"dataset": "external validation (never used to fit or choose)",

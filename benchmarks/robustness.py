@@ -24,7 +24,6 @@ change, the card's gate says how models that never saw them do. 48 images (6 par
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import tempfile
@@ -35,7 +34,7 @@ import numpy as np
 from bids_brainage.bids.participants import participant_age, read_participants
 from bids_brainage.models.registry import load_cards, model_dir_or_default
 from bids_brainage.training.robustness import (NEEDS_AFFINE, VARIANTS, pick_spread,
-                                               prediction_changes, write_variant_dataset)
+                                               prediction_changes, run_variants)
 
 ROOT = Path(__file__).resolve().parent.parent
 IGNORED_REASONS = ("ok", "age_outside_training")
@@ -84,16 +83,6 @@ def spread_labels(pool: Path, n: int) -> list[str]:
     return [with_images[i][0].removeprefix("sub-") for i in chosen]
 
 
-def read_outputs(out: Path) -> dict[str, dict[str, dict]]:
-    rows: dict[str, dict[str, dict]] = {}
-    for tsv in out.glob("sub-*/**/*_brainage.tsv"):
-        with tsv.open(newline="") as handle:
-            for row in csv.DictReader(handle, delimiter="\t"):
-                if row["status"] == "ok":
-                    rows.setdefault(row["participant_id"], {})[row["model"]] = row
-    return rows
-
-
 def flag_summary(rows, labels, variants, model: str = "ensemble") -> dict:
     """Per variant, the images flagged for a reason other than the age range; and the
     ``model``'s mean |change| on flagged against unflagged variant images."""
@@ -140,17 +129,10 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     variants = ["orig"] + [v for v in wanted if v != "orig"]
-    from bids_brainage.cli.run import main as app
-
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="robustness-"))
     try:
-        data = write_variant_dataset(pool_images(args.pool, labels), work / "variants", variants)
-        out = work / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        app([str(data), str(out), "participant", "-w", str(work / "work"), "--nprocs",
-             str(args.nprocs), "--skip-bids-validation", "--no-report", "--models", "all",
-             "--model-dir", str(model_dir_or_default(args.model_dir))])
-        rows = read_outputs(out)
+        rows = run_variants(model_dir_or_default(args.model_dir), pool_images(args.pool, labels),
+                            work, args.nprocs, variants)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

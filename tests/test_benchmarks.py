@@ -23,13 +23,12 @@ def test_robustness_from_cards_prints_the_gate():
 
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "robustness.py"),
                           "--from-cards"], capture_output=True, text=True, check=True).stdout
-    gated = [n for n, c in load_cards(None).items()
-             if (c.get("robustness") or {}).get("mean_abs_change_years")]
+    gated = {n: c["robustness"]["mean_abs_change_years"] for n, c in load_cards(None).items()
+             if (c.get("robustness") or {}).get("mean_abs_change_years")}
     assert gated, "the bundled cards carry the gate's table"
     rows = {line.split()[0]: line for line in out.splitlines()[2:]}
-    for name in gated:
-        tight = load_cards(None)[name]["robustness"]["mean_abs_change_years"]["tight"]
-        assert f"{tight:.2f}" in rows[name]
+    for name, changes in gated.items():
+        assert f"{changes['tight']:.2f}" in rows[name]
 
 
 def test_robustness_flag_summary():

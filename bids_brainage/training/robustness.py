@@ -248,15 +248,15 @@ def prediction_changes(predictions: dict[str, dict[str, float]], labels,
 ROBUST_LIMIT = 2.0  # years: the largest mean |change| a default model may show
 
 
-def evaluate(model_dir: Path, images: dict[str, tuple], work: Path, nprocs: int = 2,
-             variants=tuple(VARIANTS), worst: bool = False):
-    """Run every model of ``model_dir`` on the variants of ``images``; the mean |change|
-    (and, with ``worst``, also the largest |change| of one image: a pair of tables)."""
+def run_variants(model_dir: Path, images: dict[str, tuple], work: Path, nprocs: int = 2,
+                 variants=tuple(VARIANTS)) -> dict[str, dict[str, dict]]:
+    """The variants of ``images`` (:func:`write_variant_dataset`) run through the app with
+    every model of ``model_dir``: ``{participant_id: {model: its _brainage.tsv row}}``, rows
+    with status ok only."""
     import csv
+    import shutil
 
     from bids_brainage.cli.run import main as app
-
-    import shutil
 
     data = write_variant_dataset(images, Path(work) / "variants", variants)
     out = Path(work) / "variants_out"
@@ -265,13 +265,22 @@ def evaluate(model_dir: Path, images: dict[str, tuple], work: Path, nprocs: int 
     app([str(data), str(out), "participant", "-w", str(Path(work) / "variants_work"),
          "--nprocs", str(nprocs), "--skip-bids-validation", "--no-report", "--models", "all",
          "--model-dir", str(model_dir)])
-    predictions: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, dict]] = {}
     for tsv in out.glob("sub-*/anat/*_brainage.tsv"):
-        with tsv.open() as fh:
+        with tsv.open(newline="") as fh:
             for row in csv.DictReader(fh, delimiter="\t"):
                 if row["status"] == "ok":
-                    predictions.setdefault(row["participant_id"], {})[row["model"]] = float(
-                        row["predicted_age"])
+                    rows.setdefault(row["participant_id"], {})[row["model"]] = row
+    return rows
+
+
+def evaluate(model_dir: Path, images: dict[str, tuple], work: Path, nprocs: int = 2,
+             variants=tuple(VARIANTS), worst: bool = False):
+    """Run every model of ``model_dir`` on the variants of ``images``; the mean |change|
+    (and, with ``worst``, also the largest |change| of one image: a pair of tables)."""
+    predictions = {pid: {model: float(row["predicted_age"]) for model, row in by_model.items()}
+                   for pid, by_model in run_variants(model_dir, images, work, nprocs,
+                                                     variants).items()}
     mean = prediction_changes(predictions, list(images), variants)
     if worst:
         return mean, prediction_changes(predictions, list(images), variants, np.max)

@@ -70,6 +70,10 @@ def test_training_writes_a_model_card_with_metrics(trained):
     reliability = cards["ensemble"]["reliability"]
     assert reliability["distance_limit"] > 0 and reliability["registration_dice_min"] > 0.5
     assert len(reliability["distance_model"]["components"]) >= 1
+    # the grey/white contrast line on age, with two-sided limits from held-out images
+    contrast = reliability["contrast"]
+    assert contrast["sd"] > 0 and contrast["z_range"][0] < 0 < contrast["z_range"][1]
+    assert 0 <= reliability["pool_held_out_rates"]["unusual_contrast"] <= 0.5
     # the ResNet's contrast-free input carries its reference quantiles, learnt on the pool
     reference = cards["resnet10"]["input"]["reference"]
     assert cards["resnet10"]["input"]["normalization"] == "quantile" and len(reference) == 101

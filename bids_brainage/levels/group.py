@@ -52,7 +52,8 @@ COLUMN_DESCRIPTIONS = {
     "status": "ok; failed (the participant level failed); unreadable (its output could not "
               "be parsed); no_prediction (preprocessed, but no model was run)",
     "flag": "ok, or the reasons to doubt the prediction (members_disagree, unlike_training, "
-            "age_outside_training, poor_registration, poor_skull_strip), n/a for older outputs",
+            "age_outside_training, poor_registration, poor_skull_strip, unusual_contrast), "
+            "n/a for older outputs",
     "message": "failure reason",
     "predicted_age_corrected": "age-bias-corrected predicted age, (predicted - intercept) / slope",
     "brain_age_gap_corrected": "predicted_age_corrected - age, years",

@@ -39,6 +39,10 @@ def model_inputs(mni: np.ndarray, mask: np.ndarray, spec: dict, threads: int = 1
         from bids_brainage.models.reliability import mask_measures
 
         return np.array(list(mask_measures(mask).values()))
+    if feature == "contrast":  # the tissue classes' grey/white spacing (reliability flags)
+        from bids_brainage.models.reliability import tissue_contrast
+
+        return np.array([tissue_contrast(mni, mask)])
     if feature == "tissue":
         from bids_brainage.features.tissue import feature_maps, tissue_features
 
@@ -221,9 +225,12 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
         spread = float(np.std([ages[m] for m in ensembles[0]["members"]]))
     if rel_card and rel_card.get("distance_model"):
         features = inputs(rel_card["distance_model"]["input"])
+    contrast = (reliability.tissue_contrast(mni, mask)
+                if rel_card and rel_card.get("contrast") else None)
     assessment = reliability.assess(
         rel_card, spread=spread, features=features, predicted=ages, age=age,
-        measures=reliability.mask_measures(mask))
+        measures=reliability.mask_measures(mask), contrast=contrast,
+        contrast_age=ages[ensembles[0]["name"]] if ensembles else None)
     flag = reliability.flag_text(assessment["reasons"])
     for name in names:
         is_ensemble = cards[name].get("kind") == "ensemble"

@@ -14,7 +14,11 @@ by ``;``) when
 - ``poor_registration``: its MNI brain mask overlaps the template's less than any pool
   image's did;
 - ``poor_skull_strip``: its MNI brain mask is smaller or larger, relative to the template's,
-  than the pool's range (a strip that cut brain, or kept skull and dura).
+  than the pool's range (a strip that cut brain, or kept skull and dura);
+- ``unusual_contrast``: the grey/white contrast of its tissue classes is unlike the pool's
+  (the spacing of the log class means, :func:`tissue_contrast`, against the pool's line on
+  age; the limits are low and high percentiles of held-out pool images' z-scores). The
+  models read contrast as age: lower grey/white contrast looks older.
 
 The limits live in the ensemble card's ``reliability`` block, written by training.
 """
@@ -23,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 REASONS = ("members_disagree", "unlike_training", "age_outside_training",
-           "poor_registration", "poor_skull_strip")
+           "poor_registration", "poor_skull_strip", "unusual_contrast")
 FLAG_PERCENTILE = 97.5  # held-out pool images above it are flagged: ~2.5 % per reason
 PCA_COMPONENTS = 10
 
@@ -88,12 +92,74 @@ def mask_measures(mni_mask: np.ndarray) -> dict:
             "mask_volume_ratio": round(float(mask.sum() / tpl.sum()), 4)}
 
 
-def calibrate(*, spreads, distances, ages, dice, volume_ratio, distance_model) -> dict:
-    """The ensemble card's ``reliability`` block from the pool's held-out measurements."""
+def tissue_contrast(mni: np.ndarray, mask: np.ndarray, priors: np.ndarray | None = None) -> float:
+    """The spacing ``(log GM - log CSF) / (log WM - log GM)`` of the tissue segmentation's class
+    means (:func:`bids_brainage.features.tissue.segment`): large when grey matter sits close to
+    white matter (low grey/white contrast), small when it sits close to CSF. The same for any
+    ``c * mni ** g``; NaN when the classes are not ordered CSF < GM < WM. ``priors``: the
+    segmentation's (the template's tissue maps by default).
+
+    >>> rng = np.random.default_rng(0)
+    >>> truth = rng.integers(0, 3, (8, 8, 8))
+    >>> img = np.choose(truth, [0.25, 0.6, 1.0]) * np.exp(rng.normal(0, 0.02, truth.shape))
+    >>> flat, mask = np.full((3,) + truth.shape, 1 / 3, np.float32), np.ones(truth.shape, bool)
+    >>> round(tissue_contrast(img, mask, flat), 2), round(tissue_contrast(5 * img ** 0.7, mask, flat), 2)
+    (1.71, 1.71)
+    >>> lower = np.choose(truth, [0.25, 0.75, 1.0]) * np.exp(rng.normal(0, 0.02, truth.shape))
+    >>> round(tissue_contrast(lower, mask, flat), 2)  # grey closer to white: a larger spacing
+    3.82
+    """
+    from bids_brainage.features.tissue import CLASSES, segment
+
+    _, info = segment(mni, mask, priors, fractions=False)
+    if not info.get("means") or not info.get("ordered"):
+        return float("nan")
+    csf, gm, wm = (np.log(info["means"][name]) for name in CLASSES)
+    return float((gm - csf) / (wm - gm))
+
+
+def fit_contrast(values, ages) -> dict:
+    """The pool's contrast on age: a least-squares line and the residuals' sd."""
+    from bids_brainage.stats.metrics import fit_age_bias
+
+    values, ages = np.asarray(values, float), np.asarray(ages, float)
+    slope, intercept = fit_age_bias(ages, values)
+    residual = values - (intercept + slope * ages)
+    return {"intercept": round(intercept, 5), "slope": round(slope, 6),
+            "sd": round(float(np.std(residual, ddof=2)), 5)}
+
+
+def contrast_z(line: dict, value: float, age: float) -> float:
+    """How many of the pool's sds ``value`` lies above the pool's line at ``age``."""
+    return (value - (line["intercept"] + line["slope"] * age)) / line["sd"]
+
+
+def held_out_contrast_z(values, ages, folds) -> np.ndarray:
+    """Each pool image's z-score against the line fitted without its fold."""
+    values, ages = np.asarray(values, float), np.asarray(ages, float)
+    out = np.full(len(values), np.nan)
+    for fold in folds:
+        rest = np.setdiff1d(np.arange(len(values)), fold)
+        line = fit_contrast(values[rest], ages[rest])
+        out[fold] = contrast_z(line, values[fold], ages[fold])
+    return out
+
+
+def calibrate(*, spreads, distances, ages, dice, volume_ratio, distance_model,
+              contrast=None, contrast_z=None) -> dict:
+    """The ensemble card's ``reliability`` block from the pool's held-out measurements
+    (``contrast``: each pool image's :func:`tissue_contrast`; ``contrast_z``: its held-out
+    z-score, :func:`held_out_contrast_z`)."""
     def pct(values, q):
         values = np.asarray(values, float)
         return round(float(np.nanpercentile(values, q)), 4)
 
+    tail = (100 - FLAG_PERCENTILE) / 2  # two-sided: half the rate on each side
+    block = {} if contrast is None else {"contrast": {
+        **fit_contrast(contrast, ages),
+        "z_range": [pct(contrast_z, tail), pct(contrast_z, 100 - tail)],
+        "measure": "(log GM - log CSF) / (log WM - log GM) of the tissue segmentation's class "
+                   "means, against the pool's line on age (the predicted age at prediction)"}}
     return {
         "percentile": FLAG_PERCENTILE,
         "members_spread_limit": pct(spreads, FLAG_PERCENTILE) if spreads is not None else None,
@@ -104,15 +170,19 @@ def calibrate(*, spreads, distances, ages, dice, volume_ratio, distance_model) -
         "registration_dice_min": round(float(np.min(dice)), 4),
         "mask_volume_ratio_range": [round(float(np.min(volume_ratio)), 4),
                                     round(float(np.max(volume_ratio)), 4)],
+        **block,
         "note": "limits from held-out pool images (nested CV) and the pool's QC range",
     }
 
 
-def assess(card: dict | None, *, spread, features, predicted, age, measures) -> dict:
+def assess(card: dict | None, *, spread, features, predicted, age, measures,
+           contrast: float | None = None, contrast_age: float | None = None) -> dict:
     """The reasons to flag one image's predictions and the quantities behind them.
 
     ``card`` is the ensemble card's ``reliability`` block (None: nothing can be said, and
-    the result says so). ``predicted`` maps model name to age.
+    the result says so). ``predicted`` maps model name to age. ``contrast``: the image's
+    :func:`tissue_contrast`, judged when the card has a ``contrast`` block against the pool's
+    line at ``contrast_age`` (the ensemble's age; clipped to the training ages).
 
     >>> rel = {"members_spread_limit": 5.0, "distance_limit": 2.0, "age_range": [20, 80],
     ...        "registration_dice_min": 0.8, "mask_volume_ratio_range": [0.9, 1.1],
@@ -151,6 +221,16 @@ def assess(card: dict | None, *, spread, features, predicted, age, measures) -> 
         reasons.append("poor_skull_strip")
     q["registration_dice_min"] = card["registration_dice_min"]
     q["mask_volume_ratio_range"] = card["mask_volume_ratio_range"]
+    line = card.get("contrast")
+    if line and contrast is not None and contrast_age is not None:
+        at = float(np.clip(contrast_age, low, high))
+        z = contrast_z(line, contrast, at) if np.isfinite(contrast) else float("nan")
+        zlow, zhigh = line["z_range"]
+        q["tissue_contrast"] = round(float(contrast), 4) if np.isfinite(contrast) else None
+        q["tissue_contrast_z"] = round(float(z), 3) if np.isfinite(z) else None
+        q["tissue_contrast_z_range"] = [zlow, zhigh]
+        if not zlow <= z <= zhigh:  # NaN (classes not ordered) is flagged too
+            reasons.append("unusual_contrast")
     return {"reasons": reasons, "quantities": q, "calibrated": True}
 
 

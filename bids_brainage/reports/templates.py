@@ -140,6 +140,7 @@ prediction is an indication, not a measurement.</div>
 {% if q.training_distance is defined %}<tr><td>distance from the training images</td><td class="num">{{ q.training_distance | fmt(2) }}</td><td class="num">&le; {{ q.training_distance_limit | fmt(2) }}</td></tr>{% endif %}
 {% if q.registration_dice is defined %}<tr><td>registration overlap (Dice)</td><td class="num">{{ q.registration_dice | fmt(3) }}</td><td class="num">&ge; {{ q.registration_dice_min | fmt(3) }}</td></tr>{% endif %}
 {% if q.mask_volume_ratio is defined %}<tr><td>brain mask / template brain</td><td class="num">{{ q.mask_volume_ratio | fmt(3) }}</td><td class="num">{{ (q.mask_volume_ratio_range or [None, None])[0] | fmt(3) }} &ndash; {{ (q.mask_volume_ratio_range or [None, None])[1] | fmt(3) }}</td></tr>{% endif %}
+{% if q.tissue_contrast_z_range is defined %}<tr><td>grey/white contrast: tissue spacing (z against the pool at this age)</td><td class="num">{{ q.tissue_contrast | fmt(2) }} (z {{ q.tissue_contrast_z | fmt(1) }})</td><td class="num">z {{ q.tissue_contrast_z_range[0] | fmt(1) }} &ndash; {{ q.tissue_contrast_z_range[1] | fmt(1) }}</td></tr>{% endif %}
 {% if q.training_age_range is defined %}<tr><td>training ages</td><td>{{ q.get('outside_training_ages', []) | join(', ') or 'inside' }}</td><td class="num">{{ q.training_age_range[0] | fmt(0) }} &ndash; {{ q.training_age_range[1] | fmt(0) }}</td></tr>{% endif %}
 </table>
 {% endif %}

@@ -492,17 +492,23 @@ def reliability_card(args, subjects, ages, groups, nested, cache) -> dict:
     spec = FOREST_INPUTS["logquantile"]
     x = build_inputs(subjects, spec, nprocs=args.nprocs, cache_dir=cache)
     qc = build_inputs(subjects, {"feature": "qc"}, nprocs=args.nprocs, cache_dir=cache)
-    distances = reliability.held_out_distances(
-        x, group_folds(ages, groups, args.folds, args.random_seed))
+    contrast = build_inputs(subjects, {"feature": "contrast"}, nprocs=args.nprocs,
+                            cache_dir=cache)[:, 0]
+    folds = group_folds(ages, groups, args.folds, args.random_seed)
+    distances = reliability.held_out_distances(x, folds)
+    contrast_z = reliability.held_out_contrast_z(contrast, ages, folds)
     spread = nested["spread"]
     card = reliability.calibrate(
         spreads=None if np.all(np.isnan(spread)) else spread.ravel(), distances=distances,
         ages=ages, dice=qc[:, 0], volume_ratio=qc[:, 1],
-        distance_model={**reliability.fit_distance(x), "input": spec})
+        distance_model={**reliability.fit_distance(x), "input": spec},
+        contrast=contrast, contrast_z=contrast_z)
+    zlow, zhigh = card["contrast"]["z_range"]
     card["pool_held_out_rates"] = {
         "members_disagree": (None if card["members_spread_limit"] is None else
                              round(float(np.nanmean(spread > card["members_spread_limit"])), 4)),
-        "unlike_training": round(float(np.mean(distances > card["distance_limit"])), 4)}
+        "unlike_training": round(float(np.mean(distances > card["distance_limit"])), 4),
+        "unusual_contrast": round(float(np.mean((contrast_z < zlow) | (contrast_z > zhigh))), 4)}
     return card
 
 

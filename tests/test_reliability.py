@@ -73,22 +73,23 @@ def test_contrast_unlike_the_pool_is_flagged_on_either_side_and_typical_is_not()
 
 @pytest.mark.slow
 def test_a_real_brain_with_lowered_contrast_is_flagged_by_the_bundled_card(example_run):
-    """The example's IXI brain on the MNI grid, as prediction sees it, before and after the
-    robustness gate's 1.5 T-like contrast change (grey/white contrast × 0.6): its spacing
-    rises past the bundled card's limit, and the original sits inside it."""
+    """An example IXI brain (IXI354, 45.6 y) on the MNI grid, as prediction sees it, before
+    and after the robustness gate's 1.5 T-like contrast change (grey/white contrast × 0.6):
+    its spacing rises past the bundled card's limit (z 0.3 → 4.6 against +2.1), and the
+    original sits inside it."""
     from bids_brainage.models.registry import load_cards
     from bids_brainage.training.dataset import Subject, load_mni
     from bids_brainage.training.robustness import lower_contrast
 
     _, out, _ = example_run
-    anat = out / "sub-IXI095" / "anat"
-    mni, mask = load_mni(Subject("sub-IXI095", 0.0, "sub-IXI095", anat))
+    anat = out / "sub-IXI354" / "anat"
+    mni, mask = load_mni(Subject("sub-IXI354", 0.0, "sub-IXI354", anat))
     card = load_cards()["ensemble"]["reliability"]
     assert "contrast" in card, "the bundled card has no contrast limits: retrain"
     before = reliability.tissue_contrast(mni, mask)
     after = reliability.tissue_contrast(lower_contrast(mni, mask), mask)
     assert after > before + 0.5
-    line, age = card["contrast"], 45.0
+    line, age = card["contrast"], 45.62  # IXI354's age (examples/ds-ixi3/participants.tsv)
     z_before, z_after = (reliability.contrast_z(line, v, age) for v in (before, after))
     low, high = line["z_range"]
     assert low <= z_before <= high and z_after > high

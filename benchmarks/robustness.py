@@ -84,9 +84,16 @@ def spread_labels(pool: Path, n: int) -> list[str]:
 
 
 def flag_summary(rows, labels, variants, model: str = "ensemble") -> dict:
-    """Per variant, the images flagged for a reason other than the age range; and the
-    ``model``'s mean |change| on flagged against unflagged variant images."""
-    counts, flagged, unflagged = {}, [], []
+    """Per variant, the images flagged for a reason other than the age range, and how often
+    each reason fired (the originals' too: a reason that fires unchanged is the brain's, not
+    the variant's); the ``model``'s mean |change| on flagged against unflagged variant images."""
+    from collections import Counter
+
+    counts, by_reason, flagged, unflagged = {}, {}, [], []
+    for variant in ["orig", *variants]:
+        found = (rows.get(f"sub-{label}{variant}", {}).get(model) for label in labels)
+        by_reason[variant] = Counter(r for row in found if row for r in row["flag"].split(";")
+                                     if r not in (*IGNORED_REASONS, "ok"))
     for variant in variants:
         counts[variant] = 0
         for label in labels:
@@ -99,6 +106,7 @@ def flag_summary(rows, labels, variants, model: str = "ensemble") -> dict:
             counts[variant] += bool(reasons)
     mean = (lambda x: round(float(np.mean(x)), 2) if x else None)
     return {"flagged_per_variant": counts, "model": model,
+            "reasons_per_variant": {v: dict(sorted(c.items())) for v, c in by_reason.items()},
             "mean_change_flagged": mean(flagged), "n_flagged": len(flagged),
             "mean_change_unflagged": mean(unflagged), "n_unflagged": len(unflagged)}
 
@@ -145,6 +153,9 @@ def main() -> None:
     flags = flag_summary(rows, labels, shown)
     print("flagged (a reason other than age_outside_training), images per variant: "
           + ", ".join(f"{v} {c}/{len(labels)}" for v, c in flags["flagged_per_variant"].items()))
+    print("reasons per variant: " + "; ".join(
+        f"{v} " + (", ".join(f"{r} {c}" for r, c in counts.items()) or "none")
+        for v, counts in flags["reasons_per_variant"].items()))
     print(f"ensemble mean |change|: flagged {flags['mean_change_flagged']} "
           f"({flags['n_flagged']} images), unflagged {flags['mean_change_unflagged']} "
           f"({flags['n_unflagged']})")

@@ -42,6 +42,8 @@ def test_robustness_flag_summary():
             "sub-Aaniso": row(42)}
     out = bench.flag_summary(rows, ["A", "B"], ["tight", "aniso"])
     assert out["flagged_per_variant"] == {"tight": 1, "aniso": 0}
+    assert out["reasons_per_variant"] == {"orig": {}, "tight": {"poor_skull_strip": 1},
+                                          "aniso": {}}
     assert (out["n_flagged"], out["mean_change_flagged"]) == (1, 6.0)
     assert (out["n_unflagged"], out["mean_change_unflagged"]) == (2, 1.5)
 

@@ -93,3 +93,35 @@ def test_a_real_brain_with_lowered_contrast_is_flagged_by_the_bundled_card(examp
     z_before, z_after = (reliability.contrast_z(line, v, age) for v in (before, after))
     low, high = line["z_range"]
     assert low <= z_before <= high and z_after > high
+
+
+def test_the_contrast_reuses_the_tissue_features_segmentation():
+    """The contrast is read from the segmentation the tissue features made of this brain (no
+    second EM), and the class means are the same whether that one made fractions or not."""
+    from bids_brainage.features import tissue
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, (10, 10, 10))
+    img = np.choose(truth, [0.25, 0.6, 1.0]) * np.exp(rng.normal(0, 0.02, truth.shape))
+    mask = np.ones(truth.shape, bool)
+    priors = np.full((3,) + truth.shape, 1 / 3, np.float32)
+    _, with_fractions = tissue.segment(img, mask, priors)
+    _, posteriors = tissue.segment(img, mask, priors, fractions=False)
+    assert with_fractions == posteriors
+    key = tissue._content_key(img, mask)
+    tissue._remember(key, with_fractions)  # as the tissue features' segmentation leaves it
+    try:
+        assert tissue.segment_info(img.astype(np.float32), mask) is with_fractions
+        # no priors: the template's, which do not fit this grid, so the value can only
+        # come from the remembered segmentation
+        assert reliability.tissue_contrast(img, mask) == pytest.approx(
+            reliability.tissue_contrast(img, mask, priors))
+    finally:
+        tissue._SEGMENTED.pop(key, None)
+
+
+def test_an_image_whose_classes_are_not_ordered_takes_no_part_in_the_line():
+    ages, values = pool()
+    line = reliability.fit_contrast(values, ages)
+    with_nan = reliability.fit_contrast(np.append(values, np.nan), np.append(ages, 50.0))
+    assert with_nan == line

@@ -321,8 +321,29 @@ def start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1,
     return functools.partial(begun, tuple(maps))
 
 
+# the last few brains' segmentation summaries (:func:`segment`'s info), by content
+_SEGMENTED: dict[str, dict] = {}
+
+
+def _remember(key: str, info: dict) -> dict:
+    while len(_SEGMENTED) >= 4:
+        _SEGMENTED.pop(next(iter(_SEGMENTED)))
+    _SEGMENTED[key] = info
+    return info
+
+
+def segment_info(mni: np.ndarray, mask: np.ndarray) -> dict:
+    """:func:`segment`'s info (class means, their order) with the template priors: taken from
+    the tissue features' segmentation of this brain when this process made it, so that the
+    reliability's contrast (:func:`bids_brainage.models.reliability.tissue_contrast`) runs
+    no second EM. The means are the same either way (``fractions`` changes only the maps)."""
+    key = _content_key(mni, mask)
+    return _SEGMENTED.get(key) or _remember(key, segment(mni, mask, fractions=False)[1])
+
+
 def _start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int):
-    post, _ = segment(mni, mask)
+    post, info = segment(mni, mask)
+    _remember(_content_key(mni, mask), info)
     warped = start_warp(post, threads=threads)
 
     def finish(names: tuple[str, ...] = FEATURE_MAPS) -> np.ndarray:

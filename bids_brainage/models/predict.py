@@ -225,7 +225,7 @@ def predict_ages(mni: np.ndarray, mask: np.ndarray, cards: dict[str, dict], name
         spread = float(np.std([ages[m] for m in ensembles[0]["members"]]))
     if rel_card and rel_card.get("distance_model"):
         features = inputs(rel_card["distance_model"]["input"])
-    contrast = (reliability.tissue_contrast(mni, mask)
+    contrast = (float(inputs({"feature": "contrast"})[0])  # as training built it
                 if rel_card and rel_card.get("contrast") else None)
     assessment = reliability.assess(
         rel_card, spread=spread, features=features, predicted=ages, age=age,

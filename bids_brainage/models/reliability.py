@@ -69,14 +69,26 @@ def distance(model: dict, x: np.ndarray) -> np.ndarray:
     return np.sqrt((inside + outside) / (len(model["variances"]) + 1))
 
 
-def held_out_distances(x: np.ndarray, folds) -> np.ndarray:
-    """Each image's distance from a model fitted without its fold (the calibration of the
-    limit: the pool's own images as the app will see new ones)."""
-    out = np.full(len(x), np.nan)
+def held_out(fit, judge, folds, *columns) -> np.ndarray:
+    """Each image's measure from a model fitted without its fold: ``judge(fit(*rest),
+    *held)`` on the columns' rows split by fold (the calibration of a limit: the pool's own
+    images as the app will see new ones).
+
+    >>> folds = [np.array([0, 1]), np.array([2, 3])]
+    >>> held_out(np.mean, lambda m, v: v - m, folds, np.array([1.0, 2.0, 3.0, 5.0]))
+    array([-3. , -2. ,  1.5,  3.5])
+    """
+    n = len(columns[0])
+    out = np.full(n, np.nan)
     for fold in folds:
-        rest = np.setdiff1d(np.arange(len(x)), fold)
-        out[fold] = distance(fit_distance(x[rest]), x[fold])
+        rest = np.setdiff1d(np.arange(n), fold)
+        out[fold] = judge(fit(*(c[rest] for c in columns)), *(c[fold] for c in columns))
     return out
+
+
+def held_out_distances(x: np.ndarray, folds) -> np.ndarray:
+    """Each image's distance from a model fitted without its fold."""
+    return held_out(fit_distance, distance, folds, np.asarray(x, float))
 
 
 # ------------------------------------------------------------------------------ QC measures
@@ -109,9 +121,10 @@ def tissue_contrast(mni: np.ndarray, mask: np.ndarray, priors: np.ndarray | None
     >>> round(tissue_contrast(lower, mask, flat), 2)  # grey closer to white: a larger spacing
     3.82
     """
-    from bids_brainage.features.tissue import CLASSES, segment
+    from bids_brainage.features.tissue import CLASSES, segment, segment_info
 
-    _, info = segment(mni, mask, priors, fractions=False)
+    info = (segment_info(mni, mask) if priors is None
+            else segment(mni, mask, priors, fractions=False)[1])
     if not info.get("means") or not info.get("ordered"):
         return float("nan")
     csf, gm, wm = (np.log(info["means"][name]) for name in CLASSES)
@@ -119,10 +132,18 @@ def tissue_contrast(mni: np.ndarray, mask: np.ndarray, priors: np.ndarray | None
 
 
 def fit_contrast(values, ages) -> dict:
-    """The pool's contrast on age: a least-squares line and the residuals' sd."""
+    """The pool's contrast on age: a least-squares line and the residuals' sd (images whose
+    classes were not ordered, NaN, take no part).
+
+    >>> line = fit_contrast([1.0, 2.0, float("nan"), 3.1], [20, 40, 50, 60])
+    >>> line["slope"], round(contrast_z(line, 2.0, 40), 2)
+    (0.0525, -0.82)
+    """
     from bids_brainage.stats.metrics import fit_age_bias
 
     values, ages = np.asarray(values, float), np.asarray(ages, float)
+    keep = np.isfinite(values) & np.isfinite(ages)
+    values, ages = values[keep], ages[keep]
     slope, intercept = fit_age_bias(ages, values)
     residual = values - (intercept + slope * ages)
     return {"intercept": round(intercept, 5), "slope": round(slope, 6),
@@ -136,13 +157,8 @@ def contrast_z(line: dict, value: float, age: float) -> float:
 
 def held_out_contrast_z(values, ages, folds) -> np.ndarray:
     """Each pool image's z-score against the line fitted without its fold."""
-    values, ages = np.asarray(values, float), np.asarray(ages, float)
-    out = np.full(len(values), np.nan)
-    for fold in folds:
-        rest = np.setdiff1d(np.arange(len(values)), fold)
-        line = fit_contrast(values[rest], ages[rest])
-        out[fold] = contrast_z(line, values[fold], ages[fold])
-    return out
+    return held_out(fit_contrast, contrast_z, folds,
+                    np.asarray(values, float), np.asarray(ages, float))
 
 
 def calibrate(*, spreads, distances, ages, dice, volume_ratio, distance_model,

@@ -508,7 +508,8 @@ def reliability_card(args, subjects, ages, groups, nested, cache) -> dict:
         "members_disagree": (None if card["members_spread_limit"] is None else
                              round(float(np.nanmean(spread > card["members_spread_limit"])), 4)),
         "unlike_training": round(float(np.mean(distances > card["distance_limit"])), 4),
-        "unusual_contrast": round(float(np.mean((contrast_z < zlow) | (contrast_z > zhigh))), 4)}
+        # NaN (classes not ordered) is flagged by the app, so it counts here too
+        "unusual_contrast": round(float(np.mean(~((contrast_z >= zlow) & (contrast_z <= zhigh)))), 4)}
     return card
 
 

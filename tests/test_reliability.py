@@ -109,7 +109,7 @@ def test_the_contrast_reuses_the_tissue_features_segmentation():
     _, posteriors = tissue.segment(img, mask, priors, fractions=False)
     assert with_fractions == posteriors
     key = tissue._content_key(img, mask)
-    tissue._remember(key, with_fractions)  # as the tissue features' segmentation leaves it
+    tissue._keep(tissue._SEGMENTED, key, with_fractions)  # as the tissue features leave it
     try:
         assert tissue.segment_info(img.astype(np.float32), mask) is with_fractions
         # no priors: the template's, which do not fit this grid, so the value can only

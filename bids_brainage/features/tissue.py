@@ -305,9 +305,7 @@ def begin_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int) -> No
     if threads <= 1:
         return
     key = _content_key(mni, mask)
-    while len(_BEGUN) >= 4:
-        _BEGUN.pop(next(iter(_BEGUN)))
-    _BEGUN[key] = _start_tissue_features(mni, mask, threads)
+    _keep(_BEGUN, key, _start_tissue_features(mni, mask, threads, key))
 
 
 def start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1,
@@ -315,9 +313,10 @@ def start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1,
     """:func:`tissue_features` begun (segmented, the warp handed to its helper with
     ``threads`` > 1), or taken over when :func:`begin_tissue_features` began it for this
     brain; the function returned finishes it."""
-    begun = _BEGUN.pop(_content_key(mni, mask), None) if _BEGUN else None
+    key = _content_key(mni, mask)
+    begun = _BEGUN.pop(key, None)
     if begun is None:
-        begun = _start_tissue_features(mni, mask, threads)
+        begun = _start_tissue_features(mni, mask, threads, key)
     return functools.partial(begun, tuple(maps))
 
 
@@ -325,11 +324,12 @@ def start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int = 1,
 _SEGMENTED: dict[str, dict] = {}
 
 
-def _remember(key: str, info: dict) -> dict:
-    while len(_SEGMENTED) >= 4:
-        _SEGMENTED.pop(next(iter(_SEGMENTED)))
-    _SEGMENTED[key] = info
-    return info
+def _keep(store: dict, key: str, value, last: int = 4):
+    """``store[key] = value``, the oldest entries dropped so that at most ``last`` stay."""
+    while len(store) >= last:
+        store.pop(next(iter(store)))
+    store[key] = value
+    return value
 
 
 def segment_info(mni: np.ndarray, mask: np.ndarray) -> dict:
@@ -338,12 +338,14 @@ def segment_info(mni: np.ndarray, mask: np.ndarray) -> dict:
     reliability's contrast (:func:`bids_brainage.models.reliability.tissue_contrast`) runs
     no second EM. The means are the same either way (``fractions`` changes only the maps)."""
     key = _content_key(mni, mask)
-    return _SEGMENTED.get(key) or _remember(key, segment(mni, mask, fractions=False)[1])
+    return _SEGMENTED.get(key) or _keep(_SEGMENTED, key, segment(mni, mask, fractions=False)[1])
 
 
-def _start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int):
+def _start_tissue_features(mni: np.ndarray, mask: np.ndarray, threads: int, key: str):
+    """Segment (remembering the class means for :func:`segment_info` under ``key``, the
+    brain's :func:`_content_key`) and hand the warp to its helper."""
     post, info = segment(mni, mask)
-    _remember(_content_key(mni, mask), info)
+    _keep(_SEGMENTED, key, info)
     warped = start_warp(post, threads=threads)
 
     def finish(names: tuple[str, ...] = FEATURE_MAPS) -> np.ndarray:

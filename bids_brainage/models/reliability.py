@@ -155,6 +155,18 @@ def contrast_z(line: dict, value: float, age: float) -> float:
     return (value - (line["intercept"] + line["slope"] * age)) / line["sd"]
 
 
+def contrast_outside(z, z_range):
+    """Whether contrast z-scores lie outside the card's ``z_range``; NaN (classes not
+    ordered) is outside too. The app's judgement and training's pool rate both use it.
+
+    >>> contrast_outside(np.array([-3.0, 0.0, 2.5, np.nan]), [-2.5, 2.1]).tolist()
+    [True, False, True, True]
+    """
+    low, high = z_range
+    z = np.asarray(z, float)
+    return ~((z >= low) & (z <= high))
+
+
 def held_out_contrast_z(values, ages, folds) -> np.ndarray:
     """Each pool image's z-score against the line fitted without its fold."""
     return held_out(fit_contrast, contrast_z, folds,
@@ -241,11 +253,10 @@ def assess(card: dict | None, *, spread, features, predicted, age, measures,
     if line and contrast is not None and contrast_age is not None:
         at = float(np.clip(contrast_age, low, high))
         z = contrast_z(line, contrast, at) if np.isfinite(contrast) else float("nan")
-        zlow, zhigh = line["z_range"]
         q["tissue_contrast"] = round(float(contrast), 4) if np.isfinite(contrast) else None
         q["tissue_contrast_z"] = round(float(z), 3) if np.isfinite(z) else None
-        q["tissue_contrast_z_range"] = [zlow, zhigh]
-        if not zlow <= z <= zhigh:  # NaN (classes not ordered) is flagged too
+        q["tissue_contrast_z_range"] = list(line["z_range"])
+        if contrast_outside(z, line["z_range"]):
             reasons.append("unusual_contrast")
     return {"reasons": reasons, "quantities": q, "calibrated": True}
 

@@ -503,13 +503,12 @@ def reliability_card(args, subjects, ages, groups, nested, cache) -> dict:
         ages=ages, dice=qc[:, 0], volume_ratio=qc[:, 1],
         distance_model={**reliability.fit_distance(x), "input": spec},
         contrast=contrast, contrast_z=contrast_z)
-    zlow, zhigh = card["contrast"]["z_range"]
     card["pool_held_out_rates"] = {
         "members_disagree": (None if card["members_spread_limit"] is None else
                              round(float(np.nanmean(spread > card["members_spread_limit"])), 4)),
         "unlike_training": round(float(np.mean(distances > card["distance_limit"])), 4),
-        # NaN (classes not ordered) is flagged by the app, so it counts here too
-        "unusual_contrast": round(float(np.mean(~((contrast_z >= zlow) & (contrast_z <= zhigh)))), 4)}
+        "unusual_contrast": round(float(np.mean(
+            reliability.contrast_outside(contrast_z, card["contrast"]["z_range"]))), 4)}
     return card
 
 

@@ -327,6 +327,7 @@ def gate(members, subjects, ages, groups, defaults, derivatives, args, work_dir:
     ``args.robustness`` participants, whose images, changed as other sites change them, run
     through the app. Returns ``({"mean", "worst", "about"}, {model: reason})``."""
     from bids_brainage.training.crossval import fit_ensemble
+    from bids_brainage.training.raw_copies import label, source_files
     from bids_brainage.training.train import member_input, member_kind, save_member, write_models
 
     held = pick_spread(ages, args.robustness)
@@ -346,16 +347,9 @@ def gate(members, subjects, ages, groups, defaults, derivatives, args, work_dir:
                   "intercept": 0.0, "recalibration": fitted.lines["ensemble"],
                   "default": True, "interval": fitted.interval})
     write_models(model_dir, cards)
-    images = {}
     masks = Path(args.reference_masks or derivatives)
-    for i in held:
-        s = subjects[i]
-        t1w = sorted((Path(args.bids_dir) / s.participant_id).rglob(f"{s.prefix}_T1w.nii*"))[0]
-        found = sorted(masks.glob(f"{s.participant_id}/**/{s.prefix}*_desc-brain_mask.nii*"))
-        affine = sorted(Path(derivatives).glob(
-            f"{s.participant_id}/**/{s.prefix}_from-T1w_to-*_mode-image_xfm.mat"))
-        images[s.prefix.replace("sub-", "").replace("_", "x")] = (
-            t1w, found[0] if found else None, affine[0] if affine else None)
+    images = {label(subjects[i]): source_files(subjects[i], args.bids_dir, masks, derivatives)
+              for i in held}
     mean, worst = evaluate(model_dir, images, Path(work_dir) / "robustness", args.nprocs,
                            worst=True)
     reasons = {n: r for n, r in robust_models({n: mean[n] for n in defaults if n in mean}).items()

@@ -153,6 +153,47 @@ def test_training_with_copies(trained, ixi_pool, tmp_path):
     assert cards["rf"]["sha256"] != plain["rf"]["sha256"]
 
 
+def test_training_with_contrast_copies(trained, ixi_pool, tmp_path):
+    """--contrast-copies: each image's copy, made on the raw head with another grey/white
+    contrast, runs through the pipeline and joins the tissue ridge's training rows (only its
+    rows); the pipeline sees the contrast moved the way the factor says."""
+    from bids_brainage.training.dataset import build_inputs, find_subjects
+    from bids_brainage.training.raw_copies import read_copies_table
+
+    models = tmp_path / "models"
+    derivatives = trained[0].parent / "work" / "derivatives"
+    labels = SUBSET[:10]  # the fewest the command trains on: each copy is preprocessed
+    assert train([str(ixi_pool), str(models), "--derivatives", str(derivatives),
+                  "-w", str(tmp_path / "work"), "--participant-label", *labels,
+                  "--models", "rf,tissue", "--defaults", "rf,tissue", "--rf-trees", "30",
+                  "--folds", "3", "--repeats", "1", "--nprocs", "2",
+                  "--reference-masks", str(ixi_pool / "derivatives" / "dlmuse"),
+                  "--contrast-copies", "0.6", "1.4"]) == 0
+    cards = load_cards(models)
+    block = cards["tissue"]["training"]["contrast_copies"]
+    assert block["copies"] == len(labels) and block["contrast_factor"] == [0.6, 1.4]
+    assert "contrast_copies" not in cards["rf"]["training"]  # --contrast-copy-models tissue
+    assert "over participants" in cards["tissue"]["architecture"]
+    assert cards["tissue"]["training"]["n"] == len(labels)  # copies are never counted
+    # the copies' own contrast, measured by the pipeline as for any image, against their
+    # originals' (the GM-CSF over WM-GM spacing): a factor below 1 narrows WM-GM, so up
+    copies_dir = tmp_path / "work" / "contrast_copies"
+    table = read_copies_table(copies_dir / "bids")
+    copies = find_subjects(copies_dir / "derivatives", table)
+    originals = {s.prefix: s for s in find_subjects(derivatives, {
+        f"sub-{x}": {"age": "40"} for x in labels})}
+    spec = {"feature": "contrast"}
+    moved = build_inputs(copies, spec, nprocs=2)[:, 0] - build_inputs(
+        [originals[table[c.participant_id]["source"]] for c in copies], spec, nprocs=2)[:, 0]
+    factor = np.array([float(table[c.participant_id]["factor"]) for c in copies])
+    far = np.abs(factor - 1) > 0.1
+    assert far.sum() >= 3 and np.all(np.sign(moved[far]) == np.sign(1 - factor[far]))
+    # asked for a model that is not trained: refused before any work
+    assert train([str(ixi_pool), str(tmp_path / "m2"), "--derivatives", str(derivatives),
+                  "--participant-label", *labels, "--models", "rf,tissue",
+                  "--contrast-copies", "0.6", "1.4", "--contrast-copy-models", "morph"]) == 2
+
+
 def test_training_with_seed_rows(trained, ixi_pool, example_run, tmp_path):
     """rf_sites: a GMM-histogram forest trained with the other sites' seed rows; the card
     names them; the app predicts with it; without --seed-rows the command refuses."""

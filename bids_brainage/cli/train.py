@@ -84,6 +84,19 @@ def get_parser() -> argparse.ArgumentParser:
                         "participants (see training/augment.py). Default 0, as the bundled "
                         "models: one copy cost 0.2 y of nested-CV MAE and did not make the "
                         "app's robustness variants move less (docs/models.md)")
+    p.add_argument("--contrast-copies", type=float, nargs=2, default=None,
+                   metavar=("LOW", "HIGH"),
+                   help="add one copy of every training image with its grey/white contrast "
+                        "times U(LOW, HIGH), made on the raw head (the reference mask's class "
+                        "means; --reference-masks, else the pipeline's masks) and run "
+                        "through the participant pipeline, to the training rows of "
+                        "--contrast-copy-models; never scored (training/raw_copies.py)")
+    p.add_argument("--contrast-copy-models", default="tissue",
+                   help="the forest or ridge models that train on the contrast copies")
+    p.add_argument("--contrast-copy-derivatives", type=Path, default=None,
+                   help="the copies' participant-level derivatives from an earlier run with "
+                        "the same images, seed and range (else preprocessed into "
+                        "WORK_DIR/contrast_copies)")
     p.add_argument("--no-recalibration", dest="recalibrate", action="store_false",
                    help="report every model's raw output: no recalibration line (age on "
                         "out-of-fold prediction) is fitted, and the cards have none. The "

@@ -110,10 +110,12 @@ def member_input(name: str, args) -> dict:
             "tissue": TISSUE_INPUT, "rf_sites": SITES_INPUT}[name]
 
 
-def sklearn_member(name: str, subjects, args, cache: Path) -> Member:
+def sklearn_member(name: str, subjects, args, cache: Path, contrast_copies=None) -> Member:
     """A forest or ridge member: every image's input and, with ``--copies``, its copies';
-    ``rf_sites`` also the seed rows of ``--seed-rows`` (``training.seed_rows``; ``run``
-    refuses ``rf_sites`` without it)."""
+    with ``contrast_copies`` (the copies' subjects and the index of the image each copies,
+    ``training.raw_copies.copy_subjects``) and ``name`` in ``--contrast-copy-models``, those
+    copies' inputs too; ``rf_sites`` also the seed rows of ``--seed-rows``
+    (``training.seed_rows``; ``run`` refuses ``rf_sites`` without it)."""
     from bids_brainage.training.augment import augmented_spec
     from bids_brainage.training.dataset import build_inputs
     from bids_brainage.training.seed_rows import load_seed_rows
@@ -126,12 +128,48 @@ def sklearn_member(name: str, subjects, args, cache: Path) -> Member:
             build_inputs(subjects, augmented_spec(spec, i, args.random_seed),
                          nprocs=args.nprocs, cache_dir=cache) for i in range(args.copies)])
         copy_of = np.tile(np.arange(len(subjects)), args.copies)
+    if contrast_copies is not None and name in contrast_copy_models(args):
+        found, of = contrast_copies
+        more = build_inputs(found, spec, nprocs=args.nprocs, cache_dir=cache)
+        copies = more if copies is None else np.concatenate([copies, more])
+        copy_of = of if copy_of is None else np.concatenate([copy_of, of])
     if name == "rf_sites":
         seed = load_seed_rows(args.seed_rows, [s.participant_id for s in subjects], spec)
         extra_x, extra_y, source = seed.x, seed.ages, seed.source
         copies = seed.own_x if copies is None else np.concatenate([copies, seed.own_x])
         copy_of = seed.own_of if copy_of is None else np.concatenate([copy_of, seed.own_of])
     return Member(name, x, sklearn_fit(name, args), copies, copy_of, extra_x, extra_y, source)
+
+
+def contrast_copy_models(args) -> list[str]:
+    """The models that train on ``--contrast-copies`` (none without it)."""
+    if not getattr(args, "contrast_copies", None):
+        return []
+    return [n.strip() for n in args.contrast_copy_models.split(",") if n.strip()]
+
+
+def contrast_copy_rows(args, subjects, derivatives: Path, work_dir: Path):
+    """``--contrast-copies``: the copies' subjects and the image each copies (made and
+    preprocessed here unless ``--contrast-copy-derivatives``), or None."""
+    if not contrast_copy_models(args):
+        return None
+    from bids_brainage.training.raw_copies import (copy_subjects, copy_table,
+                                                   write_contrast_copies)
+
+    low, high = args.contrast_copies
+    table = copy_table(subjects, args.bids_dir, args.reference_masks or derivatives, low, high,
+                       args.random_seed)
+    copies_derivatives = args.contrast_copy_derivatives
+    if copies_derivatives is None:
+        folder = work_dir / "contrast_copies"
+        LOG.info("contrast copies: writing and preprocessing %d copies (contrast x U(%g, %g))",
+                 len(table), low, high)
+        copies_derivatives = preprocess(write_contrast_copies(table, folder / "bids"), folder,
+                                        args.nprocs)
+    found, of = copy_subjects(subjects, table, copies_derivatives)
+    LOG.info("contrast copies: %d of %d with complete outputs, for %s", len(found),
+             len(table), contrast_copy_models(args))
+    return found, of
 
 
 def penalty_text(grouped: bool) -> str:
@@ -297,6 +335,17 @@ def augmentation_card(args) -> dict:
                      "fold in every CV"}
 
 
+def contrast_copy_card(args, contrast_copies) -> dict:
+    low, high = args.contrast_copies
+    return {"copies": int(len(contrast_copies[1])), "contrast_factor": [low, high],
+            "seed": args.random_seed,
+            "about": "one copy of each image, made on the raw head: intensities above the "
+                     "reference mask's GM class mean moved towards or away from it by the "
+                     "factor, then the whole participant pipeline; same age; training rows "
+                     "only (never scored), in their image's fold in every CV "
+                     "(training/raw_copies.py)"}
+
+
 def write_models(model_dir: Path, cards: list[dict]) -> Path:
     from bids_brainage.io import atomic_write_json
     from bids_brainage.models.registry import CARD_FILE, sha256sum
@@ -385,6 +434,12 @@ def load_subjects(args, derivatives: Path, excluded=()):
 
 
 def run(args) -> int:
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in contrast_copy_models(args) if n not in names or n not in SKLEARN_MODELS]
+    if unknown:  # before any preprocessing
+        LOG.error("--contrast-copy-models %s: not a forest or ridge model of --models %s",
+                  ",".join(unknown), args.models)
+        return 2
     model_dir = args.model_dir.resolve()
     model_dir.mkdir(parents=True, exist_ok=True)
     work_dir = (args.work_dir or model_dir / "work").resolve()
@@ -399,7 +454,6 @@ def run(args) -> int:
         return 1
     ages = np.array([s.age for s in subjects])
     groups = np.array([s.participant_id for s in subjects])
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
     defaults = [n for n in (d.strip() for d in args.defaults.split(",")) if n in names]
     if "rf_sites" in names and not args.seed_rows:
         LOG.error("the rf_sites model trains on other sites' histogram rows: give "
@@ -407,7 +461,9 @@ def run(args) -> int:
         return 2
     LOG.info("%d images of %d participants; models %s (defaults %s)", len(ages),
              len(set(groups)), names, defaults)
-    members = [sklearn_member(n, subjects, args, cache) for n in names if n in SKLEARN_MODELS]
+    contrast_copies = contrast_copy_rows(args, subjects, derivatives, work_dir)
+    members = [sklearn_member(n, subjects, args, cache, contrast_copies)
+               for n in names if n in SKLEARN_MODELS]
     common = {
         "version": __version__, "training": training_card(subjects, ages, args, excluded),
         "versions": _versions(), "date": _dt.date.today().isoformat(),
@@ -450,9 +506,9 @@ def run(args) -> int:
         source = f"{args.folds}-fold cross-validation out-of-fold predictions on every image"
         from bids_brainage.models.forest import grouped_rows
 
-        # copies add rows of their participant: train_ridge saw grouped rows then too
-        grouped = bool(args.copies) or grouped_rows(groups)
         for member in members:
+            # copies add rows of their participant: train_ridge saw grouped rows then too
+            grouped = member.copies is not None or grouped_rows(groups)
             card = {"name": member.name, "kind": member_kind(member.name),
                     "file": save_member(member.name, final.models[member.name], model_dir),
                     "architecture": ARCHITECTURES[member.name](args, grouped),
@@ -464,6 +520,9 @@ def run(args) -> int:
                     **calibration(final.oof[member.name], final.ages, source)}
             if member.extra_source:  # read once, with the rows (sklearn_member)
                 card["training"] = {**card["training"], "seed_rows": member.extra_source}
+            if member.name in contrast_copy_models(args):
+                card["training"] = {**card["training"], "contrast_copies": contrast_copy_card(
+                    args, contrast_copies)}
             add_external(card, external, member.name)
             add_robustness(card, robustness, reasons)
             cards.append(card)

@@ -65,6 +65,11 @@ def main(argv=None) -> int:
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--no-recalibration", action="store_true",
                    help="the same procedure without recalibration lines (raw outputs)")
+    p.add_argument("--contrast-copies", type=float, nargs=2, default=None,
+                   metavar=("LOW", "HIGH"),
+                   help="the training command's contrast copies (docs/models.md)")
+    p.add_argument("--contrast-copy-derivatives", type=Path, default=None,
+                   help="the copies' derivatives from an earlier run (else preprocessed)")
     p.add_argument("--from-cards", type=Path, default=None,
                    help="print the table of an existing model directory and stop")
     args = p.parse_args(argv)
@@ -86,6 +91,10 @@ def main(argv=None) -> int:
         argv += ["--external-derivatives", str(args.external_derivatives)]
     if args.no_recalibration:
         argv += ["--no-recalibration"]
+    if args.contrast_copies:
+        argv += ["--contrast-copies", *map(str, args.contrast_copies)]
+    if args.contrast_copy_derivatives:
+        argv += ["--contrast-copy-derivatives", str(args.contrast_copy_derivatives)]
     code = train(argv)
     if code == 0:
         print(table(out))

@@ -17,7 +17,6 @@ remade from the seed, only the images are not.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +82,13 @@ def write_contrast_copies(table: list[dict], out_dir: Path) -> Path:
     ``participants.tsv`` naming each copy's age, source image and factor."""
     import nibabel as nib
 
-    from bids_brainage.training.robustness import lower_contrast
+    from bids_brainage.training.robustness import load_head, lower_contrast, start_dataset
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "dataset_description.json").write_text(json.dumps(
-        {"Name": "bids_brainage contrast copies (training only)", "BIDSVersion": "1.9.0"}))
+    out_dir = start_dataset(out_dir, "bids_brainage contrast copies (training only)")
     lines = ["participant_id\tage\tsource\tfactor"]
     for row in table:
         sub = row["participant_id"]
-        img = nib.as_closest_canonical(nib.load(str(row["t1w"])))
-        mask = np.asanyarray(nib.as_closest_canonical(nib.load(str(row["mask"]))).dataobj) > 0
+        img, mask = load_head(row["t1w"], row["mask"])
         target = out_dir / sub / "anat" / f"{sub}_T1w.nii.gz"
         target.parent.mkdir(parents=True, exist_ok=True)
         copy = lower_contrast(img.get_fdata(dtype=np.float32), mask, row["factor"])

@@ -187,6 +187,24 @@ def make_variant(img: nib.Nifti1Image, variant: str, mask: np.ndarray | None = N
     raise ValueError(f"unknown variant {variant!r}")
 
 
+def load_head(t1w: Path, mask_path: Path | None = None):
+    """A raw T1w in RAS+ and its reference brain mask (boolean, or None without one): how
+    the variants and the training's contrast copies (``training.raw_copies``) read a head."""
+    img = nib.as_closest_canonical(nib.load(str(t1w)))
+    if mask_path is None:
+        return img, None
+    return img, np.asanyarray(nib.as_closest_canonical(nib.load(str(mask_path))).dataobj) > 0
+
+
+def start_dataset(out_dir: Path, name: str) -> Path:
+    """``out_dir`` made, with the ``dataset_description.json`` of a generated dataset."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "dataset_description.json").write_text(json.dumps(
+        {"Name": name, "BIDSVersion": "1.9.0"}))
+    return out_dir
+
+
 def write_variant_dataset(images: dict[str, tuple], out_dir: Path,
                           variants=tuple(VARIANTS)) -> Path:
     """A BIDS dataset with one participant per image × variant (``sub-<label><variant>``).
@@ -195,17 +213,11 @@ def write_variant_dataset(images: dict[str, tuple], out_dir: Path,
     affine registration to the template or None]); variants that need what is missing are
     left out.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "dataset_description.json").write_text(json.dumps(
-        {"Name": "bids_brainage robustness variants", "BIDSVersion": "1.9.0"}))
+    out_dir = start_dataset(out_dir, "bids_brainage robustness variants")
     lines = ["participant_id"]
     for label, (t1w, mask_path, *rest) in images.items():
         affine_file = rest[0] if rest else None
-        img = nib.as_closest_canonical(nib.load(str(t1w)))
-        mask = None
-        if mask_path is not None:
-            mask = np.asanyarray(nib.as_closest_canonical(nib.load(str(mask_path))).dataobj) > 0
+        img, mask = load_head(t1w, mask_path)
         for variant in variants:
             if ((variant in NEEDS_MASK and mask is None)
                     or (variant in NEEDS_AFFINE and affine_file is None)):

@@ -141,11 +141,16 @@ def sklearn_member(name: str, subjects, args, cache: Path, contrast_copies=None)
     return Member(name, x, sklearn_fit(name, args), copies, copy_of, extra_x, extra_y, source)
 
 
+def name_list(text: str) -> list[str]:
+    """A comma-separated option's names (``--models``, ``--defaults``, ...), blanks dropped."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def contrast_copy_models(args) -> list[str]:
     """The models that train on ``--contrast-copies`` (none without it)."""
     if not getattr(args, "contrast_copies", None):
         return []
-    return [n.strip() for n in args.contrast_copy_models.split(",") if n.strip()]
+    return name_list(args.contrast_copy_models)
 
 
 def contrast_copy_rows(args, subjects, derivatives: Path, work_dir: Path):
@@ -434,7 +439,7 @@ def load_subjects(args, derivatives: Path, excluded=()):
 
 
 def run(args) -> int:
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    names = name_list(args.models)
     unknown = [n for n in contrast_copy_models(args) if n not in names or n not in SKLEARN_MODELS]
     if unknown:  # before any preprocessing
         LOG.error("--contrast-copy-models %s: not a forest or ridge model of --models %s",
@@ -454,7 +459,7 @@ def run(args) -> int:
         return 1
     ages = np.array([s.age for s in subjects])
     groups = np.array([s.participant_id for s in subjects])
-    defaults = [n for n in (d.strip() for d in args.defaults.split(",")) if n in names]
+    defaults = [n for n in name_list(args.defaults) if n in names]
     if "rf_sites" in names and not args.seed_rows:
         LOG.error("the rf_sites model trains on other sites' histogram rows: give "
                   "--seed-rows (e.g. ../shared/data/seed-histograms/rep2.json)")

@@ -188,6 +188,16 @@ def test_training_with_contrast_copies(trained, ixi_pool, tmp_path):
     factor = np.array([float(table[c.participant_id]["factor"]) for c in copies])
     far = np.abs(factor - 1) > 0.1
     assert far.sum() >= 3 and np.all(np.sign(moved[far]) == np.sign(1 - factor[far]))
+    # the table the copies were made from is kept with them; reusing them where another
+    # seed draws other factors is refused before any model is fitted
+    assert read_copies_table(copies_dir / "derivatives", "contrast_copies.tsv") == table
+    assert train([str(ixi_pool), str(tmp_path / "m3"), "--derivatives", str(derivatives),
+                  "-w", str(tmp_path / "work"), "--participant-label", *labels,
+                  "--models", "rf,tissue", "--reference-masks",
+                  str(ixi_pool / "derivatives" / "dlmuse"), "--contrast-copies", "0.6", "1.4",
+                  "--contrast-copy-derivatives", str(copies_dir / "derivatives"),
+                  "--random-seed", "1"]) == 2
+    assert not (tmp_path / "m3" / "models.json").exists()
     # asked for a model that is not trained: refused before any work
     assert train([str(ixi_pool), str(tmp_path / "m2"), "--derivatives", str(derivatives),
                   "--participant-label", *labels, "--models", "rf,tissue",

@@ -96,7 +96,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--contrast-copy-derivatives", type=Path, default=None,
                    help="the copies' participant-level derivatives from an earlier run with "
                         "the same images, seed and range (else preprocessed into "
-                        "WORK_DIR/contrast_copies)")
+                        "WORK_DIR/contrast_copies/derivatives); refused (exit 2) when the "
+                        "contrast_copies.tsv kept there names other factors")
     p.add_argument("--no-recalibration", dest="recalibrate", action="store_false",
                    help="report every model's raw output: no recalibration line (age on "
                         "out-of-fold prediction) is fitted, and the cards have none. The "

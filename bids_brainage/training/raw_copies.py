@@ -13,7 +13,9 @@ image's age. Copies follow their image into every fold and are never scored
 The factor of image ``i`` (in the order of the training images) is the ``i``-th draw of
 ``numpy.random.default_rng(seed)``, so a training run is reproducible and its copies'
 derivatives can be reused (``--contrast-copy-derivatives``): the table of copies is
-remade from the seed, only the images are not.
+remade from the seed, only the images are not. The table the images were made from is kept
+with their derivatives (:data:`TABLE`), and a reuse whose remade table differs from it (another
+seed, range or set of images draws other factors) is refused (:func:`reuse_problems`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 SUFFIX = "c1"  # sub-<label>c1: the image's one copy
+TABLE = "contrast_copies.tsv"  # in the copies' derivatives: the table they were made from
 
 
 def source_files(subject, bids_dir: Path, masks: Path, derivatives: Path | None = None):
@@ -85,7 +88,6 @@ def write_contrast_copies(table: list[dict], out_dir: Path) -> Path:
     from bids_brainage.training.robustness import load_head, lower_contrast, start_dataset
 
     out_dir = start_dataset(out_dir, "bids_brainage contrast copies (training only)")
-    lines = ["participant_id\tage\tsource\tfactor"]
     for row in table:
         sub = row["participant_id"]
         img, mask = load_head(row["t1w"], row["mask"])
@@ -93,17 +95,64 @@ def write_contrast_copies(table: list[dict], out_dir: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         copy = lower_contrast(img.get_fdata(dtype=np.float32), mask, row["factor"])
         nib.Nifti1Image(copy, img.affine).to_filename(str(target))
-        lines.append(f"{sub}\t{row['age']}\t{row['source']}\t{row['factor']:.4f}")
-    (out_dir / "participants.tsv").write_text("\n".join(lines) + "\n")
+    (out_dir / "participants.tsv").write_text(table_lines(table))
     return out_dir
 
 
-def read_copies_table(copies_dir: Path) -> dict[str, dict[str, str]]:
-    """A copies dataset's ``participants.tsv``: ``{participant_id: {age, source, factor}}``."""
+def table_lines(table: list[dict]) -> str:
+    """``table`` as a TSV of each copy's ``participant_id``, ``age``, ``source``, ``factor``."""
+    lines = ["participant_id\tage\tsource\tfactor"]
+    lines += [f"{r['participant_id']}\t{r['age']}\t{r['source']}\t{r['factor']:.4f}"
+              for r in table]
+    return "\n".join(lines) + "\n"
+
+
+def read_copies_table(copies_dir: Path, name: str = "participants.tsv") -> dict[str, dict]:
+    """A copies dataset's ``participants.tsv`` (or their derivatives' :data:`TABLE`):
+    ``{participant_id: {age, source, factor}}``."""
     import csv
 
-    with (Path(copies_dir) / "participants.tsv").open(newline="") as fh:
+    with (Path(copies_dir) / name).open(newline="") as fh:
         return {row["participant_id"]: row for row in csv.DictReader(fh, delimiter="\t")}
+
+
+def keep_table(table: list[dict], derivatives: Path) -> None:
+    """Keep the table the copies were made from with their derivatives (:data:`TABLE`)."""
+    (Path(derivatives) / TABLE).write_text(table_lines(table))
+
+
+def reuse_problems(table: list[dict], derivatives: Path) -> list[str]:
+    """Why the copies in ``derivatives`` are not the copies of ``table`` (empty: they are).
+
+    Each copy this run would make must have been made from the same image with the same
+    factor (to the 4 decimals kept): other factors come from another ``--random-seed``,
+    another ``--contrast-copies`` range or another set or order of images (e.g.
+    ``--participant-label``), and the card would then describe copies that were not trained on.
+
+    >>> import tempfile
+    >>> row = {"participant_id": "sub-Ac1", "age": 30.0, "source": "sub-A", "factor": 0.91}
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> keep_table([row], folder)
+    >>> reuse_problems([row], folder)
+    []
+    >>> reuse_problems([{**row, "factor": 1.2}], folder)[0].split(": ", 1)[1]
+    'sub-Ac1 was made with contrast factor 0.9100 from sub-A, this run draws 1.2000 from sub-A'
+    """
+    path = Path(derivatives) / TABLE
+    if not path.is_file():
+        return [f"{path}: missing; these are not copies made by bids_brainage-train "
+                f"--contrast-copies (it keeps the table of the copies it makes there)"]
+    made = read_copies_table(derivatives, TABLE)
+    problems = []
+    for row in table:
+        old = made.get(row["participant_id"])
+        if old is None:
+            continue  # not among the reused copies: it has no outputs there, as a failed copy
+        if old["source"] != row["source"] or abs(float(old["factor"]) - row["factor"]) > 5e-5:
+            problems.append(f"{path}: {row['participant_id']} was made with contrast factor "
+                            f"{float(old['factor']):.4f} from {old['source']}, this run draws "
+                            f"{row['factor']:.4f} from {row['source']}")
+    return problems
 
 
 def copy_subjects(subjects, table: list[dict], derivatives: Path):

@@ -155,11 +155,12 @@ def contrast_copy_models(args) -> list[str]:
 
 def contrast_copy_rows(args, subjects, derivatives: Path, work_dir: Path):
     """``--contrast-copies``: the copies' subjects and the image each copies (made and
-    preprocessed here unless ``--contrast-copy-derivatives``), or None."""
+    preprocessed here unless ``--contrast-copy-derivatives``), or None. Reused copies that
+    are not this run's (``training.raw_copies.reuse_problems``) raise ``ValueError``."""
     if not contrast_copy_models(args):
         return None
-    from bids_brainage.training.raw_copies import (copy_subjects, copy_table,
-                                                   write_contrast_copies)
+    from bids_brainage.training.raw_copies import (copy_subjects, copy_table, keep_table,
+                                                   reuse_problems, write_contrast_copies)
 
     low, high = args.contrast_copies
     table = copy_table(subjects, args.bids_dir, args.reference_masks or derivatives, low, high,
@@ -171,6 +172,13 @@ def contrast_copy_rows(args, subjects, derivatives: Path, work_dir: Path):
                  len(table), low, high)
         copies_derivatives = preprocess(write_contrast_copies(table, folder / "bids"), folder,
                                         args.nprocs)
+        keep_table(table, copies_derivatives)
+    else:
+        problems = reuse_problems(table, copies_derivatives)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ValueError("--contrast-copy-derivatives: not the copies this run makes: "
+                             + "; ".join(problems[:3]) + more)
     found, of = copy_subjects(subjects, table, copies_derivatives)
     LOG.info("contrast copies: %d of %d with complete outputs, for %s", len(found),
              len(table), contrast_copy_models(args))
@@ -466,7 +474,11 @@ def run(args) -> int:
         return 2
     LOG.info("%d images of %d participants; models %s (defaults %s)", len(ages),
              len(set(groups)), names, defaults)
-    contrast_copies = contrast_copy_rows(args, subjects, derivatives, work_dir)
+    try:
+        contrast_copies = contrast_copy_rows(args, subjects, derivatives, work_dir)
+    except ValueError as err:
+        LOG.error("%s", err)
+        return 2
     members = [sklearn_member(n, subjects, args, cache, contrast_copies)
                for n in names if n in SKLEARN_MODELS]
     common = {

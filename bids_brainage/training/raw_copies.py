@@ -121,6 +121,10 @@ def keep_table(table: list[dict], derivatives: Path) -> None:
     (Path(derivatives) / TABLE).write_text(table_lines(table))
 
 
+class ReusedCopiesError(ValueError):
+    """``--contrast-copy-derivatives`` names copies that are not the ones this run draws."""
+
+
 def reuse_problems(table: list[dict], derivatives: Path) -> list[str]:
     """Why the copies in ``derivatives`` are not the copies of ``table`` (empty: they are).
 
@@ -140,8 +144,8 @@ def reuse_problems(table: list[dict], derivatives: Path) -> list[str]:
     """
     path = Path(derivatives) / TABLE
     if not path.is_file():
-        return [f"{path}: missing; these are not copies made by bids_brainage-train "
-                f"--contrast-copies (it keeps the table of the copies it makes there)"]
+        return [f"{path}: missing; bids_brainage-train --contrast-copies keeps there the "
+                f"table of the copies it makes (copies made before it did: make them again)"]
     made = read_copies_table(derivatives, TABLE)
     problems = []
     for row in table:

@@ -156,11 +156,12 @@ def contrast_copy_models(args) -> list[str]:
 def contrast_copy_rows(args, subjects, derivatives: Path, work_dir: Path):
     """``--contrast-copies``: the copies' subjects and the image each copies (made and
     preprocessed here unless ``--contrast-copy-derivatives``), or None. Reused copies that
-    are not this run's (``training.raw_copies.reuse_problems``) raise ``ValueError``."""
+    are not this run's (``training.raw_copies.reuse_problems``) raise ``ReusedCopiesError``."""
     if not contrast_copy_models(args):
         return None
-    from bids_brainage.training.raw_copies import (copy_subjects, copy_table, keep_table,
-                                                   reuse_problems, write_contrast_copies)
+    from bids_brainage.training.raw_copies import (ReusedCopiesError, copy_subjects,
+                                                   copy_table, keep_table, reuse_problems,
+                                                   write_contrast_copies)
 
     low, high = args.contrast_copies
     table = copy_table(subjects, args.bids_dir, args.reference_masks or derivatives, low, high,
@@ -177,7 +178,7 @@ def contrast_copy_rows(args, subjects, derivatives: Path, work_dir: Path):
         problems = reuse_problems(table, copies_derivatives)
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise ValueError("--contrast-copy-derivatives: not the copies this run makes: "
+            raise ReusedCopiesError("--contrast-copy-derivatives: not the copies this run makes: "
                              + "; ".join(problems[:3]) + more)
     found, of = copy_subjects(subjects, table, copies_derivatives)
     LOG.info("contrast copies: %d of %d with complete outputs, for %s", len(found),
@@ -474,9 +475,11 @@ def run(args) -> int:
         return 2
     LOG.info("%d images of %d participants; models %s (defaults %s)", len(ages),
              len(set(groups)), names, defaults)
+    from bids_brainage.training.raw_copies import ReusedCopiesError
+
     try:
         contrast_copies = contrast_copy_rows(args, subjects, derivatives, work_dir)
-    except ValueError as err:
+    except ReusedCopiesError as err:  # only this: another failure is not a usage error
         LOG.error("%s", err)
         return 2
     members = [sklearn_member(n, subjects, args, cache, contrast_copies)
